@@ -41,6 +41,7 @@ typedef struct {
     int bos_id;   /* -1 if none */
     int n_eos;    /* stop tokens from config.json / generation_config.json */
     int eos_ids[MG_MAX_EOS];
+    int o_bias;   /* Llama with attention_bias true: o_proj also carries a bias (bo) */
 } mg_config;
 
 typedef struct {
@@ -62,6 +63,7 @@ typedef struct {
     mg_matrix w_gate;       /* (hidden_dim, dim) */
     mg_matrix w_up;         /* (hidden_dim, dim) */
     mg_matrix w_down;       /* (dim, hidden_dim) */
+    const float *bo;        /* (dim) o_proj bias, or NULL (only when config.o_bias) */
 } mg_layer_weights;
 
 typedef struct {
