@@ -5,7 +5,9 @@
 CC      ?= cc
 BUILD   ?= build
 OPT     ?= -O2 -march=native
-CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter $(OPT) -g -fopenmp -Iinclude -Isrc
+# -ffp-contract=off: the compiler must not fuse a*b+c differently in two code
+# paths, or a row could round differently at batch 1 and batch N.
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter $(OPT) -g -fopenmp -ffp-contract=off -Iinclude -Isrc
 LDLIBS  += -lcjson -lpcre2-8 -lm -fopenmp
 
 LIB_SRC := $(sort $(wildcard src/util/*.c src/model/*.c src/tokenizer/*.c src/backend/*.c \

@@ -1,0 +1,30 @@
+/* Shared pieces of the margingate command: subcommand entry points and the
+ * model-path rule every subcommand follows. */
+#ifndef MG_CLI_H
+#define MG_CLI_H
+
+#include <stdio.h>
+
+#define MG_DEFAULT_MODEL "../shared/models/mg-llama-27m"
+
+/* Each subcommand: argv[0] is the subcommand name. Returns the exit code. */
+int cmd_generate(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_detokenize(int argc, char **argv);
+
+/* The model path to use: `flag` (from -m) if given, else $MARGINGATE_MODEL,
+ * else MG_DEFAULT_MODEL; announces on stderr when not given with -m. */
+const char *cli_model_path(const char *flag);
+
+/* Prints "margingate <cmd>: <what>: <mg_error_last()>" on stderr; returns 1. */
+int cli_fail(const char *cmd, const char *what);
+
+/* Hint printed when the model path does not exist. Returns 1. */
+int cli_model_missing(const char *cmd, const char *path);
+
+/* Parses a whole string as an int / float / uint64; returns 0 on success. */
+int cli_parse_int(const char *s, int *out);
+int cli_parse_float(const char *s, float *out);
+int cli_parse_u64(const char *s, unsigned long long *out);
+
+#endif

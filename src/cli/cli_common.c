@@ -1,0 +1,57 @@
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+
+#include "../util/status.h"
+#include "cli.h"
+
+const char *cli_model_path(const char *flag) {
+    if (flag) return flag;
+    const char *env = getenv("MARGINGATE_MODEL");
+    if (env && *env) {
+        fprintf(stderr, "margingate: using the model in $MARGINGATE_MODEL: %s\n", env);
+        return env;
+    }
+    fprintf(stderr, "margingate: no -m given; using the default model %s\n", MG_DEFAULT_MODEL);
+    return MG_DEFAULT_MODEL;
+}
+
+int cli_fail(const char *cmd, const char *what) {
+    fprintf(stderr, "margingate %s: %s: %s\n", cmd, what, mg_error_last());
+    return 1;
+}
+
+int cli_model_missing(const char *cmd, const char *path) {
+    struct stat st;
+    if (stat(path, &st) == 0) return 0;
+    fprintf(stderr, "margingate %s: model not found at %s (give a model directory with -m MODEL_DIR)\n", cmd, path);
+    return 1;
+}
+
+int cli_parse_int(const char *s, int *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < -2147483647L || v > 2147483647L) return -1;
+    *out = (int)v;
+    return 0;
+}
+
+int cli_parse_float(const char *s, float *out) {
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || end == s || *end || !isfinite(v)) return -1;
+    *out = v;
+    return 0;
+}
+
+int cli_parse_u64(const char *s, unsigned long long *out) {
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end || *s == '-') return -1;
+    *out = v;
+    return 0;
+}

@@ -1,0 +1,37 @@
+/* margingate: deterministic LLM inference. Dispatches to subcommands. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: margingate <command> [options]\n"
+            "\n"
+            "commands:\n"
+            "  generate    generate a continuation of a prompt\n"
+            "  tokenize    print the token ids of a text\n"
+            "  detokenize  print the text of token ids\n"
+            "\n"
+            "Run `margingate <command> --help` for a command's options.\n"
+            "Without -m, commands use $MARGINGATE_MODEL or %s.\n",
+            MG_DEFAULT_MODEL);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "generate")) return cmd_generate(argc - 1, argv + 1);
+    if (!strcmp(cmd, "tokenize")) return cmd_tokenize(argc - 1, argv + 1);
+    if (!strcmp(cmd, "detokenize")) return cmd_detokenize(argc - 1, argv + 1);
+    if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
+        usage(stdout);
+        return 0;
+    }
+    fprintf(stderr, "margingate: unknown command '%s'\n", cmd);
+    usage(stderr);
+    return 2;
+}

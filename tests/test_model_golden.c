@@ -1,0 +1,199 @@
+/* End-to-end model checks against references computed outside the project:
+ * mg-llama-27m against HF transformers in float32 (golden.json), and
+ * stories260K against llama2.c's run.c (expected_greedy.json). */
+#include <cjson/cJSON.h>
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "../src/util/file.h"
+#include "model_helpers.h"
+#include "shared_path.h"
+
+#define GOLDEN_NEW 64
+
+static cJSON *load_json(const char *path) {
+    char *text;
+    cr_assert_eq(mg_file_read(path, &text, NULL), MG_OK, "%s", mg_error_last());
+    cJSON *j = cJSON_Parse(text);
+    free(text);
+    cr_assert_not_null(j, "cannot parse %s", path);
+    return j;
+}
+
+static int32_t *json_ids(const cJSON *arr, int *n) {
+    *n = cJSON_GetArraySize(arr);
+    int32_t *ids = malloc((size_t)*n * sizeof(int32_t));
+    for (int i = 0; i < *n; i++) ids[i] = (int32_t)cJSON_GetArrayItem(arr, i)->valuedouble;
+    return ids;
+}
+
+typedef struct {
+    mg_model *model;
+    mg_tokenizer *tok;
+    cJSON *golden;
+} golden_fixture;
+
+static golden_fixture open_golden(void) {
+    char dir[1024], gpath[1100];
+    MG_TEST_SHARED(dir, "models/mg-llama-27m");
+    snprintf(gpath, sizeof gpath, "%s/golden.json", dir);
+    golden_fixture f;
+    mg_model_format fmt;
+    cr_assert_eq(mg_open_model(dir, &f.model, &f.tok, &fmt), MG_OK, "%s", mg_error_last());
+    f.golden = load_json(gpath);
+    return f;
+}
+
+static void close_golden(golden_fixture *f) {
+    cJSON_Delete(f->golden);
+    mg_model_free(f->model);
+    mg_tokenizer_free(f->tok);
+}
+
+/* In FP32 activations the last-position top-20 logits match HF's float32
+ * forward within 1e-3 relative, and the argmax agrees. */
+Test(golden_mg_llama, fp32_top20_logits) {
+    golden_fixture f = open_golden();
+    const cJSON *prompts = cJSON_GetObjectItem(f.golden, "prompts");
+    cr_assert(cJSON_GetArraySize(prompts) >= 12);
+    double worst = 0;
+    const cJSON *p;
+    cJSON_ArrayForEach(p, prompts) {
+        int n;
+        int32_t *ids = json_ids(cJSON_GetObjectItem(p, "prompt_ids"), &n);
+        mg_generate_result r = run_greedy(f.model, ids, n, 1, MG_KERNELS_FAST, MG_ACT_FP32);
+        const cJSON *top = cJSON_GetObjectItem(p, "last_position_top20");
+        cr_assert_eq(cJSON_GetArraySize(top), 20);
+        int ref_top1 = (int)cJSON_GetArrayItem(cJSON_GetArrayItem(top, 0), 0)->valuedouble;
+        cr_expect_eq(r.tokens[0], ref_top1, "prompt %d: top-1 %d, reference %d",
+                     cJSON_GetObjectItem(p, "index")->valueint, r.tokens[0], ref_top1);
+        const cJSON *e;
+        cJSON_ArrayForEach(e, top) {
+            int id = (int)cJSON_GetArrayItem(e, 0)->valuedouble;
+            double ref = cJSON_GetArrayItem(e, 1)->valuedouble;
+            double rel = fabs(r.prompt_logits[id] - ref) / fmax(fabs(ref), 1e-6);
+            if (rel > worst) worst = rel;
+            cr_expect_leq(rel, 1e-3, "token %d: logit %.6f, reference %.6f", id, r.prompt_logits[id], ref);
+        }
+        mg_generate_result_free(&r);
+        free(ids);
+    }
+    cr_log_info("fp32 top-20 logits: worst relative error %.2e over %d prompts", worst, cJSON_GetArraySize(prompts));
+    close_golden(&f);
+}
+
+/* Compares greedy continuations with the reference; returns the number of
+ * leading tokens that agree. A divergence at a step whose reference margin is
+ * below `tie_margin` is reported through *near_tie rather than failing. */
+static int greedy_agreement(const cJSON *p, const mg_generate_result *r, double tie_margin, int *near_tie) {
+    const cJSON *gids = cJSON_GetObjectItem(p, "greedy_ids");
+    const cJSON *steps = cJSON_GetObjectItem(p, "greedy_steps");
+    *near_tie = 0;
+    for (int i = 0; i < GOLDEN_NEW; i++) {
+        int ref = (int)cJSON_GetArrayItem(gids, i)->valuedouble;
+        if (r->tokens[i] == ref) continue;
+        double m = cJSON_GetObjectItem(cJSON_GetArrayItem(steps, i), "margin")->valuedouble;
+        *near_tie = m < tie_margin;
+        return i;
+    }
+    return GOLDEN_NEW;
+}
+
+/* FP32 activations: the 64-token greedy continuation equals HF's. */
+Test(golden_mg_llama, fp32_greedy_64) {
+    golden_fixture f = open_golden();
+    const cJSON *p;
+    int total = 0, agree = 0;
+    cJSON_ArrayForEach(p, cJSON_GetObjectItem(f.golden, "prompts")) {
+        int n;
+        int32_t *ids = json_ids(cJSON_GetObjectItem(p, "prompt_ids"), &n);
+        mg_generate_result r = run_greedy(f.model, ids, n, GOLDEN_NEW, MG_KERNELS_FAST, MG_ACT_FP32);
+        int near_tie, a = greedy_agreement(p, &r, 1e-3, &near_tie);
+        int index = cJSON_GetObjectItem(p, "index")->valueint;
+        const char *src = cJSON_GetObjectItem(p, "source")->valuestring;
+        if (a < GOLDEN_NEW && near_tie)
+            cr_log_warn("%s #%d: diverges at step %d where the reference margin is below 1e-3 (reported, not failed)",
+                        src, index, a);
+        else
+            cr_expect_eq(a, GOLDEN_NEW, "%s #%d: greedy tokens diverge at step %d", src, index, a);
+        total += GOLDEN_NEW;
+        agree += a;
+        mg_generate_result_free(&r);
+        free(ids);
+    }
+    cr_log_info("fp32 greedy: %d/%d tokens agree with HF float32", agree, total);
+    close_golden(&f);
+}
+
+/* BF16 activations (the default numerics): a figure, not a pass/fail. */
+Test(golden_mg_llama, bf16_greedy_agreement_report) {
+    golden_fixture f = open_golden();
+    const cJSON *p;
+    int total = 0, agree = 0, full = 0, n_prompts = 0;
+    cJSON_ArrayForEach(p, cJSON_GetObjectItem(f.golden, "prompts")) {
+        int n;
+        int32_t *ids = json_ids(cJSON_GetObjectItem(p, "prompt_ids"), &n);
+        mg_generate_result r = run_greedy(f.model, ids, n, GOLDEN_NEW, MG_KERNELS_FAST, MG_ACT_BF16);
+        int near_tie, a = greedy_agreement(p, &r, 0, &near_tie);
+        total += GOLDEN_NEW;
+        agree += a;
+        full += a == GOLDEN_NEW;
+        n_prompts++;
+        mg_generate_result_free(&r);
+        free(ids);
+    }
+    printf("BF16 activations vs HF float32: %d/%d greedy tokens agree before the first divergence; "
+           "%d/%d prompts agree on all %d tokens\n",
+           agree, total, full, n_prompts, GOLDEN_NEW);
+    cr_assert_gt(agree, 0);
+    close_golden(&f);
+}
+
+/* stories260K: greedy text equals llama2.c run.c's, for the empty prompt and
+ * a given prompt. run.c's -n counts every position including BOS and the
+ * prompt; its output echoes the prompt (decoded after BOS, which drops the
+ * dummy-prefix space). */
+Test(golden_stories260k, greedy_matches_run_c) {
+    char dir[1024], bin[1100], exp_path[1100];
+    MG_TEST_SHARED(dir, "models/stories260K");
+    snprintf(bin, sizeof bin, "%s/stories260K.bin", dir);
+    snprintf(exp_path, sizeof exp_path, "%s/expected_greedy.json", dir);
+    mg_model *model;
+    mg_tokenizer *tok;
+    mg_model_format fmt;
+    cr_assert_eq(mg_open_model(bin, &model, &tok, &fmt), MG_OK, "%s", mg_error_last());
+    cr_assert_eq(fmt, MG_FORMAT_LLAMA2C);
+    cJSON *exp = load_json(exp_path);
+    const cJSON *c;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItem(exp, "cases")) {
+        const char *prompt = cJSON_GetObjectItem(c, "prompt")->valuestring;
+        int steps = cJSON_GetObjectItem(c, "steps")->valueint;
+        const char *want = cJSON_GetObjectItem(c, "text")->valuestring;
+        int32_t *ids;
+        size_t n;
+        cr_assert_eq(mg_tokenizer_encode(tok, prompt, strlen(prompt), 1, &ids, &n), MG_OK, "%s", mg_error_last());
+        mg_generate_result r = run_greedy(model, ids, (int)n, steps - (int)n, MG_KERNELS_FAST, MG_ACT_FP32);
+        /* run.c stops when it samples BOS (id 1). */
+        int keep = r.n;
+        for (int i = 0; i < r.n; i++)
+            if (r.tokens[i] == 1) {
+                keep = i;
+                break;
+            }
+        int32_t *all = malloc((n + (size_t)keep) * sizeof(int32_t));
+        memcpy(all, ids, n * sizeof(int32_t));
+        memcpy(all + n, r.tokens, (size_t)keep * sizeof(int32_t));
+        char *text;
+        cr_assert_eq(mg_tokenizer_decode(tok, all, n + (size_t)keep, 1, &text), MG_OK, "%s", mg_error_last());
+        cr_expect_str_eq(text, want, "prompt '%s'", prompt);
+        free(text);
+        free(all);
+        free(ids);
+        mg_generate_result_free(&r);
+    }
+    cJSON_Delete(exp);
+    mg_model_free(model);
+    mg_tokenizer_free(tok);
+}
