@@ -15,6 +15,7 @@
  *   another M, and the source of batch-induced flips on this backend.
  * OpenMP splits the output features (weight rows) across threads, which does
  * not change any element's reduction order. */
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -58,12 +59,12 @@ static void dot_tile(float res[ROW_TILE], const float *in, size_t ld, int nr, co
         load_w(wl, w, wrow + k);
         for (int i = 0; i < nr; i++) {
             const float *x = in + (size_t)i * ld + k;
-            for (int l = 0; l < LANES; l++) acc[i][l] += wl[l] * x[l];
+            for (int l = 0; l < LANES; l++) acc[i][l] = fmaf(wl[l], x[l], acc[i][l]);
         }
     }
     for (size_t t = 0; k < k1; k++, t++) {
         float wv = load_w1(w, wrow + k);
-        for (int i = 0; i < nr; i++) acc[i][t] += wv * in[(size_t)i * ld + k];
+        for (int i = 0; i < nr; i++) acc[i][t] = fmaf(wv, in[(size_t)i * ld + k], acc[i][t]);
     }
     for (int i = 0; i < nr; i++) res[i] = tree_sum(acc[i]);
 }
