@@ -119,7 +119,7 @@ mg_status mg_forward_run(mg_forward *fw, mg_kv_pool *pool, const mg_batch *b, mg
         ops->rope(fw->k, b->positions, n, c->n_kv_heads, c->head_dim, fw->inv_freq, rb);
         ops->kv_store(pool, l, fw->k, fw->v, &rows);
         ops->attention(fw->att, fw->q, pool, l, &rows, c->n_heads, kernels, rb);
-        ops->matmul(fw->proj, fw->att, &lw->wo, NULL, n, kernels, rb);
+        ops->matmul(fw->proj, fw->att, &lw->wo, lw->bo, n, kernels, rb);
         ops->add(fw->x, fw->proj, n * dim, rb);
         /* MLP block */
         ops->rmsnorm(fw->xb, fw->x, lw->mlp_norm, n, c->dim, c->norm_eps, rb);
