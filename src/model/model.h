@@ -99,7 +99,9 @@ mg_status mg_model_load_hf(const char *dir, mg_model **out);
  * (2i, 2i+1); the loader permutes the rows of wq and wk per head into the HF
  * "rotate half" layout, as HF's conversion script does, so that one forward
  * pass serves both formats. Rope theta 10000, default type; norm eps 1e-5;
- * bos_id 1, eos 2. */
+ * bos_id 1, eos_ids {1}: llama2.c's run.c stops when the model emits BOS (1),
+ * which separates stories in its training data, and never checks for 2.
+ * The file size must match the header exactly (MG_ERR_FORMAT otherwise). */
 mg_status mg_model_load_llama2c(const char *path, mg_model **out);
 
 /* Frees the model (NULL is fine). */
