@@ -115,6 +115,7 @@ static inline char *st_mkdtemp(char *buf, size_t n) {
     return mkdtemp(buf);
 }
 
+/* nftw callback for st_rmtree: removes one entry (children first). */
 static inline int st_rm_entry_(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
     (void)sb; (void)flag; (void)ftw;
     return remove(path);

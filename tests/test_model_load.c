@@ -37,6 +37,7 @@ static void expect_hf_fail(const char *dir, mg_status want, const char *sub) {
     cr_assert(strstr(mg_error_last(), sub), "message lacks '%s': %s", sub, mg_error_last());
 }
 
+/* Loads path as llama2.c, expecting failure like expect_hf_fail. */
 static void expect_llama2c_fail(const char *path, mg_status want, const char *sub) {
     mg_model *m = (mg_model *)0x1;
     mg_error_clear();
@@ -81,6 +82,7 @@ static long independent_offset(const char *path, const char *name) {
     return 8 + (long)n + begin;
 }
 
+/* Asserts that m has data and is (rows, cols). */
 static void assert_shape(const mg_matrix *m, int rows, int cols) {
     cr_assert_not_null(m->data);
     cr_assert_eq(m->rows, rows, "rows %d want %d", m->rows, rows);
@@ -513,6 +515,7 @@ typedef struct {
     size_t emb, rms_att, wq, wk, wv, wo, rms_ffn, w1, w2, w3, rms_final, freq, wcls, end;
 } l2c_layout;
 
+/* Layout of a llama2.c file with these header values (vocab positive). */
 static l2c_layout l2c_offsets(int dim, int hid, int L, int nh, int nkv, int vocab, int seq, int shared) {
     int hs = dim / nh;
     l2c_layout o;
@@ -540,6 +543,7 @@ static void read_floats(const char *path, size_t off, float *out, size_t n) {
     read_at(path, 28 + 4 * (long)off, out, n * 4);
 }
 
+/* Asserts that n floats are bitwise equal. */
 static void assert_row_eq(const float *got, const float *want, int n, const char *what) {
     cr_assert_eq(memcmp(got, want, (size_t)n * 4), 0, "%s differs", what);
 }

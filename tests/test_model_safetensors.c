@@ -11,6 +11,7 @@
 static char tmpdir[64];
 static char path[4200];
 
+/* Per-test temp dir; `path` is the file each test writes. */
 static void setup(void) {
     cr_assert_not_null(st_mkdtemp(tmpdir, sizeof tmpdir));
     snprintf(path, sizeof path, "%s/t.safetensors", tmpdir);

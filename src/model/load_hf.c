@@ -29,6 +29,8 @@ typedef struct {
     const cJSON *weight_map;   /* index's "weight_map" object, or NULL */
 } hf_source;
 
+/* Frees what src owns itself (names, arrays, index JSON); the open files
+ * stay with the storage. */
 static void source_free(hf_source *src) {
     for (int i = 0; i < src->n_files; i++) free(src->file_names[i]);
     free(src->file_names);

@@ -77,6 +77,7 @@ static int json_uint(const cJSON *item, uint64_t *v) {
     return 1;
 }
 
+/* Orders tensors by name (qsort/bsearch). */
 static int cmp_by_name(const void *a, const void *b) {
     return strcmp(((const mg_st_tensor *)a)->name, ((const mg_st_tensor *)b)->name);
 }
