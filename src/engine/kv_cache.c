@@ -14,8 +14,8 @@ mg_status mg_kv_pool_init(mg_kv_pool *pool, int n_layers, int n_kv_heads, int he
     if (n_layers <= 0 || n_kv_heads <= 0 || head_dim <= 0 || block_size <= 0 || n_blocks <= 0)
         return mg_error_set(MG_ERR_ARG, "invalid KV cache geometry (%d blocks of %d tokens)", n_blocks, block_size);
     size_t n = (size_t)n_layers * (size_t)n_blocks * block_floats(pool);
-    pool->k = malloc(n * sizeof(float));
-    pool->v = malloc(n * sizeof(float));
+    pool->k = calloc(n, sizeof(float)); /* zeroed: padding rows may read unwritten slots */
+    pool->v = calloc(n, sizeof(float));
     pool->free_list = malloc((size_t)n_blocks * sizeof(int32_t));
     if (!pool->k || !pool->v || !pool->free_list) {
         mg_kv_pool_free(pool);
