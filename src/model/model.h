@@ -107,7 +107,9 @@ mg_status mg_model_load_llama2c(const char *path, mg_model **out);
 /* Frees the model (NULL is fine). */
 void mg_model_free(mg_model *model);
 
-/* Bytes of weight data the model holds (for roofline figures). */
+/* Bytes of weight data the model holds (for roofline figures): every matrix
+ * at its in-memory dtype size, a tied lm_head counted once (it shares
+ * tok_embed's data), norm weights and biases as the float arrays they are. */
 size_t mg_model_weight_bytes(const mg_model *model);
 
 #endif
