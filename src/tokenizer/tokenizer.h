@@ -19,6 +19,11 @@ typedef struct mg_tokenizer mg_tokenizer;
  * failure; *out is set only on success. */
 mg_status mg_tokenizer_load_hf(const char *json_path, const char *config_path, mg_tokenizer **out);
 
+/* As mg_tokenizer_load_hf, from tokenizer.json text in memory (`len` bytes)
+ * and optional tokenizer_config.json text (`config_json` may be NULL). */
+mg_status mg_tokenizer_load_hf_mem(const char *json, size_t len, const char *config_json, size_t config_len,
+                                   mg_tokenizer **out);
+
 /* Loads a llama2.c tokenizer.bin (e.g. tok512.bin) with `vocab_size` entries.
  * Encoding follows llama2.c's run.c: dummy-prefix space, score-ordered merges,
  * byte fallback <0xXX>; BOS = 1, EOS = 2. */
