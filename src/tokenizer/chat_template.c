@@ -76,6 +76,31 @@ static mg_status put_trim(mg_tok_buf *b, const char *s) {
     return mg_tok_buf_put(b, s + a, e - a);
 }
 
+/* Appends s as a JSON string the way Python's json.dumps(s, ensure_ascii=False) writes it. */
+static mg_status put_json_string(mg_tok_buf *b, const char *s) {
+    mg_status st = put(b, "\"");
+    for (; *s && !st; s++) {
+        unsigned char c = (unsigned char)*s;
+        char esc[8];
+        switch (c) {
+        case '"': st = put(b, "\\\""); break;
+        case '\\': st = put(b, "\\\\"); break;
+        case '\n': st = put(b, "\\n"); break;
+        case '\r': st = put(b, "\\r"); break;
+        case '\t': st = put(b, "\\t"); break;
+        case '\b': st = put(b, "\\b"); break;
+        case '\f': st = put(b, "\\f"); break;
+        default:
+            if (c < 0x20) {
+                snprintf(esc, sizeof esc, "\\u%04x", c);
+                st = put(b, esc);
+            } else
+                st = mg_tok_buf_put(b, s, 1);
+        }
+    }
+    return st ? st : put(b, "\"");
+}
+
 static mg_status render_mg(const mg_tokenizer *tok, const mg_chat_message *m, size_t n, int gen, mg_tok_buf *b) {
     mg_status st = put(b, tok->bos_token ? tok->bos_token : "");
     for (size_t i = 0; i < n && !st; i++) {
@@ -132,7 +157,15 @@ static mg_status render_llama31(const mg_tokenizer *tok, const mg_chat_message *
         first = 1;
     }
     if (!st) st = put(b, "<|eot_id|>");
-    for (size_t i = first; i < n && !st; i++) st = llama3_turn(b, m[i].role, m[i].content);
+    for (size_t i = first; i < n && !st; i++) {
+        if (!strcmp(m[i].role, "tool") || !strcmp(m[i].role, "ipython")) {
+            /* tool results: a string "is iterable" in Jinja, so the template emits content | tojson */
+            st = put(b, "<|start_header_id|>ipython<|end_header_id|>\n\n");
+            if (!st) st = put_json_string(b, m[i].content);
+            if (!st) st = put(b, "<|eot_id|>");
+        } else
+            st = llama3_turn(b, m[i].role, m[i].content);
+    }
     if (!st && gen) st = put(b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
     return st;
 }
