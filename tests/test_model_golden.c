@@ -174,7 +174,9 @@ Test(golden_stories260k, greedy_matches_run_c) {
         int32_t *ids;
         size_t n;
         cr_assert_eq(mg_tokenizer_encode(tok, prompt, strlen(prompt), 1, &ids, &n), MG_OK, "%s", mg_error_last());
-        mg_generate_result r = run_greedy(model, ids, (int)n, steps - (int)n, MG_KERNELS_FAST, MG_ACT_FP32);
+        /* run.c runs positions 0 .. steps-1 and prints the token each predicts,
+         * so it ends with the token at position `steps`. */
+        mg_generate_result r = run_greedy(model, ids, (int)n, steps - (int)n + 1, MG_KERNELS_FAST, MG_ACT_FP32);
         /* run.c stops when it samples BOS (id 1). */
         int keep = r.n;
         for (int i = 0; i < r.n; i++)

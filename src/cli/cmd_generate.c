@@ -228,6 +228,7 @@ int cmd_generate(int argc, char **argv) {
     if (!json) {
         stream_flush(&so, 1);
         printf("\n");
+        fflush(stdout);
     }
     free(so.buf);
     if (st != MG_OK) {
