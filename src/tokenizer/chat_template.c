@@ -101,6 +101,8 @@ static mg_status put_json_string(mg_tok_buf *b, const char *s) {
     return st ? st : put(b, "\"");
 }
 
+/* mg-llama-27m: bos, then system content + blank line, <|user|>/<|assistant|> turns;
+ * any other role is the template's raise_exception (MG_ERR_ARG). */
 static mg_status render_mg(const mg_tokenizer *tok, const mg_chat_message *m, size_t n, int gen, mg_tok_buf *b) {
     mg_status st = put(b, tok->bos_token ? tok->bos_token : "");
     for (size_t i = 0; i < n && !st; i++) {
@@ -127,6 +129,7 @@ static mg_status llama3_turn(mg_tok_buf *b, const char *role, const char *conten
     return st;
 }
 
+/* Llama 3: bos before the first turn, every turn's content trimmed. */
 static mg_status render_llama3(const mg_tokenizer *tok, const mg_chat_message *m, size_t n, int gen, mg_tok_buf *b) {
     mg_status st = MG_OK;
     for (size_t i = 0; i < n && !st; i++) {
@@ -191,6 +194,8 @@ static mg_status qwen_tool(const mg_chat_message *m, size_t n, size_t i, mg_tok_
     return st;
 }
 
+/* Qwen2 (default system "You are a helpful assistant.") and Qwen2.5 (default
+ * system "You are Qwen, created by Alibaba Cloud...", tool turns) ChatML. */
 static mg_status render_qwen2(tpl_kind kind, const mg_chat_message *m, size_t n, int gen, mg_tok_buf *b) {
     mg_status st = MG_OK;
     if (kind == TPL_QWEN2) {
@@ -211,11 +216,12 @@ static mg_status render_qwen2(tpl_kind kind, const mg_chat_message *m, size_t n,
     return st;
 }
 
-/* Length of s[0..n) after Python rstrip('\n'); start offset after lstrip('\n'). */
+/* Length of s[0..n) after Python rstrip('\n'). */
 static size_t rstrip_nl(const char *s, size_t n) {
     while (n > 0 && s[n - 1] == '\n') n--;
     return n;
 }
+/* Offset of the first non-'\n' byte (Python lstrip('\n')). */
 static size_t lstrip_nl(const char *s, size_t n) {
     size_t i = 0;
     while (i < n && s[i] == '\n') i++;
@@ -233,6 +239,8 @@ static const char *last_of(const char *s, size_t n, const char *needle) {
     return found;
 }
 
+/* Qwen3 ChatML without tools: assistant turns after the last real user query
+ * carry a <think> block (empty when there is no reasoning and it is the last turn). */
 static mg_status render_qwen3(const mg_chat_message *m, size_t n, int gen, mg_tok_buf *b) {
     mg_status st = MG_OK;
     if (n > 0 && !strcmp(m[0].role, "system")) st = chatml_turn(b, "system", m[0].content);

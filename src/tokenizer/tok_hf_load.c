@@ -47,6 +47,7 @@ static mg_status parse_pattern(const cJSON *pat, const char *what, pcre2_code **
 
 /* ---- normalizer ---- */
 
+/* Appends the normalizer n (Sequence flattened) to tok->norm. */
 static mg_status add_norm(mg_tokenizer *tok, const cJSON *n) {
     const char *type = jstr(n, "type");
     if (!type) return mg_error_set(MG_ERR_FORMAT, "tokenizer.json: normalizer without a type");
@@ -95,6 +96,7 @@ static mg_status add_norm(mg_tokenizer *tok, const cJSON *n) {
 
 /* ---- pre-tokenizer ---- */
 
+/* Appends a pre-tokenizer step (takes ownership of ps.re). */
 static mg_status push_pre(mg_tokenizer *tok, mg_tok_pre_step ps) {
     mg_tok_pre_step *v = realloc(tok->pre, (tok->n_pre + 1) * sizeof *v);
     if (!v) {
@@ -124,6 +126,8 @@ static mg_status metaspace_opts(const cJSON *n, char *repl, size_t *repl_len, in
     return MG_OK;
 }
 
+/* Appends the pre-tokenizer n (Sequence flattened) to tok->pre; sets
+ * tok->byte_level for ByteLevel, which must come last. */
 static mg_status add_pre(mg_tokenizer *tok, const cJSON *n) {
     const char *type = jstr(n, "type");
     if (!type) return mg_error_set(MG_ERR_FORMAT, "tokenizer.json: pre_tokenizer without a type");
@@ -176,11 +180,13 @@ static mg_status add_pre(mg_tokenizer *tok, const cJSON *n) {
 
 /* ---- decoder ---- */
 
+/* Frees a decoder step's strings. */
 static void dec_step_free(mg_tok_dec_step *d) {
     free(d->pat);
     free(d->content);
 }
 
+/* Appends the decoder n (Sequence flattened) to tok->dec. */
 static mg_status add_dec(mg_tokenizer *tok, const cJSON *n) {
     const char *type = jstr(n, "type");
     if (!type) return mg_error_set(MG_ERR_FORMAT, "tokenizer.json: decoder without a type");
@@ -253,6 +259,8 @@ static mg_status push_ids(int32_t **v, int *n, const int32_t *ids, int k) {
     return MG_OK;
 }
 
+/* Collects the ids a post-processor puts before and after the sequence
+ * (TemplateProcessing's single template, Bert/Roberta cls/sep). */
 static mg_status add_post(mg_tokenizer *tok, const cJSON *n) {
     const char *type = jstr(n, "type");
     if (!type) return mg_error_set(MG_ERR_FORMAT, "tokenizer.json: post_processor without a type");
@@ -323,6 +331,8 @@ static int get_id(const cJSON *v, int32_t *id) {
     return 1;
 }
 
+/* Reads model.vocab and added_tokens: token strings, maps, special flags,
+ * the added-token match buckets. */
 static mg_status load_vocab(mg_tokenizer *tok, const cJSON *model, const cJSON *added) {
     const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab"), *e;
     if (!cJSON_IsObject(vocab)) return mg_error_set(MG_ERR_FORMAT, "tokenizer.json: model.vocab missing or not an object");
@@ -396,6 +406,8 @@ static mg_status load_vocab(mg_tokenizer *tok, const cJSON *model, const cJSON *
     return MG_OK;
 }
 
+/* Reads model.merges ("a b" strings or ["a", "b"] pairs) into the merge map;
+ * a merge whose parts or result are not in the vocab is MG_ERR_FORMAT. */
 static mg_status load_merges(mg_tokenizer *tok, const cJSON *model) {
     const cJSON *merges = cJSON_GetObjectItemCaseSensitive(model, "merges"), *e;
     if (!merges || cJSON_IsNull(merges)) return mg_tok_pairmap_init(&tok->merges, 0);
@@ -446,6 +458,7 @@ static mg_status load_merges(mg_tokenizer *tok, const cJSON *model) {
     return st;
 }
 
+/* Reads the BPE model section (options, vocab, merges). */
 static mg_status load_model(mg_tokenizer *tok, const cJSON *root) {
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
     if (!cJSON_IsObject(model)) return mg_error_set(MG_ERR_FORMAT, "tokenizer.json: no \"model\" object");
