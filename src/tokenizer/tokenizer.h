@@ -2,7 +2,9 @@
  * Qwen2 and mg-llama-27m; sentencepiece-style BPE with metaspace and byte
  * fallback as in Llama 2) and llama2.c's tokenizer.bin, behind one handle.
  *
- * Token ids are int32_t. All text is UTF-8. */
+ * Token ids are int32_t. All text is UTF-8. A loaded tokenizer is never
+ * modified: encode, decode, piece and chat rendering may run concurrently on
+ * one handle from several threads. */
 #ifndef MG_TOKENIZER_H
 #define MG_TOKENIZER_H
 
@@ -49,7 +51,9 @@ mg_status mg_tokenizer_decode(const mg_tokenizer *tok, const int32_t *ids, size_
 /* Raw bytes a token contributes to the output (after byte-level / byte
  * fallback / metaspace decoding), for streaming detokenisers that must
  * buffer incomplete UTF-8. `prev_id` is the previous token or -1 at the start
- * (sentencepiece-style tokenizers drop the leading space of the first token).
+ * (sentencepiece-style tokenizers drop the leading space of the first token,
+ * i.e. when prev_id is -1 or the BOS id, as HF's Strip decoder and llama2.c
+ * do).
  * Returns a pointer into the tokenizer (valid until it is freed) and sets
  * *len; returns NULL for an out-of-range id. */
 const char *mg_tokenizer_piece(const mg_tokenizer *tok, int32_t id, int32_t prev_id, size_t *len);
