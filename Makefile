@@ -7,11 +7,12 @@ BUILD   ?= build
 OPT     ?= -O2 -march=native
 # -ffp-contract=off: the compiler must not fuse a*b+c differently in two code
 # paths, or a row could round differently at batch 1 and batch N.
-CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter $(OPT) -g -fopenmp -ffp-contract=off -Iinclude -Isrc
-LDLIBS  += -lcjson -lpcre2-8 -lm -fopenmp
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter $(OPT) -g -fopenmp -ffp-contract=off $(SANFLAGS) -Iinclude -Isrc
+LDLIBS  += -lcjson -lpcre2-8 -lz -lm -fopenmp $(SANFLAGS)
 
 LIB_SRC := $(sort $(wildcard src/util/*.c src/model/*.c src/tokenizer/*.c src/backend/*.c \
-                             src/backend/cpu/*.c src/engine/*.c src/determinism/*.c src/sched/*.c))
+                             src/backend/cpu/*.c src/engine/*.c src/determinism/*.c src/sched/*.c \
+                             src/study/*.c))
 CLI_SRC := $(sort $(wildcard src/cli/*.c))
 TEST_SRC := $(sort $(wildcard tests/test_*.c))
 
@@ -43,8 +44,8 @@ test: $(BUILD)/margingate $(TEST_BIN)
 	@BUILD=$(BUILD) sh tools/run-tests.sh $(TEST_BIN)
 
 asan:
-	$(MAKE) test BUILD=build-asan OPT="-O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
-	    LDLIBS="-lcjson -lpcre2-8 -lm -fopenmp -fsanitize=address,undefined"
+	$(MAKE) test BUILD=build-asan OPT="-O1 -fno-omit-frame-pointer" \
+	    SANFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined"
 
 clean:
 	rm -rf build build-asan

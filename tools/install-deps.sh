@@ -3,7 +3,7 @@
 # uses sudo when not root). nvcc is optional: without it the CUDA backend is
 # skipped.
 set -euo pipefail
-pkgs=(build-essential pkg-config libcjson-dev libpcre2-dev libcriterion-dev libmicrohttpd-dev curl gnuplot-nox)
+pkgs=(build-essential pkg-config libcjson-dev libpcre2-dev zlib1g-dev libcriterion-dev libmicrohttpd-dev curl gnuplot-nox)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
