@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "../sched/engine_internal.h"
+#include "../sched/engine_logprobs.h"
 #include "../util/timer.h"
 
 static int unverified(const mg_req *q) { return q->n_tokens - q->n_verified; }
@@ -41,6 +42,7 @@ static mg_status commit_entry(mg_engine *e, mg_req *q, int row0, double share, d
         vtok = mg_req_sample(e, q, logits, &margin);
         q->margins[L + j] = margin;
         if (q->p.record_logits) q->hashes[L + j] = mg_logits_hash(logits, e->model->config.vocab_size);
+        if (q->lp) mg_logprobs_record(e, q, L + j, vtok, logits);
         if (vtok != q->tokens[L + j]) break;
     }
     q->c.verified_steps += n;

@@ -4,6 +4,7 @@
 
 #include "../util/timer.h"
 #include "engine_internal.h"
+#include "engine_logprobs.h"
 
 static const char *mode_names[MG_MODE_COUNT] = {"off", "invariant", "llm42", "margingate"};
 
@@ -105,6 +106,7 @@ static void req_free(mg_engine *e, mg_req *q) {
     free(q->hashes);
     free(q->swap_k);
     free(q->swap_v);
+    mg_logprobs_free(q->lp);
     free(q);
 }
 
@@ -432,6 +434,7 @@ mg_status mg_req_accept(mg_engine *e, mg_req *q, int32_t tok, float margin, cons
     uint64_t h = q->p.record_logits ? mg_logits_hash(logits, e->model->config.vocab_size) : 0;
     mg_status st = mg_req_append(q, tok, margin, h);
     if (st != MG_OK) return st;
+    if (q->lp) mg_logprobs_record(e, q, q->n_tokens - 1, tok, logits);
     if (q->p.mode != MG_MODE_LLM42 || q->n_tokens == q->n_prompt + 1) q->n_verified = q->n_tokens;
     if (q->first_token_s == 0) q->first_token_s = now;
     if (q->p.mode == MG_MODE_LLM42) {

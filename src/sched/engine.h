@@ -131,3 +131,31 @@ long mg_engine_preemptions(const mg_engine *e);
 mg_status mg_engine_kv_column(const mg_engine *e, int id, int layer, int pos, float *k, float *v);
 
 #endif
+
+/* ---- Per-token log-probabilities and scheduler counts (engine_logprobs.c) -- */
+
+#define MG_MAX_TOP_LOGPROBS 20
+
+typedef struct {
+    float logprob;                           /* log-softmax of the token that was emitted */
+    int n_top;                               /* alternatives recorded (the request's top_n) */
+    int32_t top_ids[MG_MAX_TOP_LOGPROBS];    /* most likely tokens, best first (ties: lower id) */
+    float top_logprobs[MG_MAX_TOP_LOGPROBS]; /* their log-probabilities */
+} mg_token_logprobs;
+
+/* Starts recording log-probabilities for request `id`: for each generated
+ * token, the log-softmax of the FP32 logits that decided it (the verifier's
+ * for a MarginGate-verified step or an LLM-42-verified token), before
+ * temperature, top-k and top-p, of the token itself and of the `top_n` most
+ * likely tokens (0..MG_MAX_TOP_LOGPROBS). Call right after mg_engine_add.
+ * Returns MG_ERR_ARG for an unknown or finished id or top_n out of range,
+ * MG_ERR_OOM if the storage cannot be allocated. */
+mg_status mg_engine_want_logprobs(mg_engine *e, int id, int top_n);
+
+/* Log-probabilities of visible token `i` (0 <= i < n_visible) of request
+ * `id`, or NULL if not recorded. Valid until the next step or release. */
+const mg_token_logprobs *mg_engine_logprobs(const mg_engine *e, int id, int i);
+
+/* Live requests by scheduler state: running (admitted, K/V in the pool),
+ * waiting (not admitted yet), swapped (preempted to host memory). */
+void mg_engine_request_counts(const mg_engine *e, int *running, int *waiting, int *swapped);

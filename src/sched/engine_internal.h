@@ -30,6 +30,7 @@ typedef struct {
     mg_finish finish;
     mg_mode_counters c;
     double arrival_s, first_token_s, finish_s;
+    struct mg_req_logprobs *lp; /* per-token logprobs when asked for (engine_logprobs.c), else NULL */
 } mg_req;
 
 /* One forward pass worth of rows. */
