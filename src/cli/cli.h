@@ -11,6 +11,9 @@
 int cmd_generate(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+int cmd_flips(int argc, char **argv);
+int cmd_calibrate(int argc, char **argv);
 
 /* The model path to use: `flag` (from -m) if given, else $MARGINGATE_MODEL,
  * else MG_DEFAULT_MODEL; announces on stderr when not given with -m. */

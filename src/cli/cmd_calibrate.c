@@ -1,0 +1,107 @@
+/* margingate calibrate: chooses MarginGate's tau from a flip study and
+ * writes it to the user's settings. */
+#include <getopt.h>
+#include <limits.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../engine/model_dir.h"
+#include "../study/calibration.h"
+#include "cli.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: margingate calibrate [-m MODEL] [--dataset NAME|FILE] [options]\n"
+            "  --dataset D     calibration prompts (default math500)\n"
+            "  --batch B       batch of the flip study (default 32)\n"
+            "  --max-new N     tokens per prompt (default 128)\n"
+            "  --limit K       prompts (default 64)\n"
+            "  --max-prompt T  cut prompts to T tokens (default 256)\n"
+            "  --dry-run       print tau without writing the settings file\n"
+            "  --threads N     OpenMP threads\n"
+            "tau = %.1f x the largest batched margin at an observed flip, at least %.3g; it is written to\n"
+            "$MARGINGATE_CONFIG or ~/.config/margingate/calibration.json, keyed by the model's path.\n",
+            MG_TAU_SAFETY, MG_TAU_FLOOR);
+}
+
+int cmd_calibrate(int argc, char **argv) {
+    enum { O_DATASET = 256, O_BATCH, O_NEW, O_LIMIT, O_MAXP, O_DRY, O_THREADS };
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'},     {"dataset", required_argument, 0, O_DATASET},
+        {"batch", required_argument, 0, O_BATCH}, {"max-new", required_argument, 0, O_NEW},
+        {"limit", required_argument, 0, O_LIMIT}, {"max-prompt", required_argument, 0, O_MAXP},
+        {"dry-run", no_argument, 0, O_DRY},       {"threads", required_argument, 0, O_THREADS},
+        {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
+    const char *model_flag = NULL, *dataset = "math500";
+    mg_flip_opts fo = {.batch = 32, .max_new = 128, .n_probes = 64, .precision = MG_ACT_BF16};
+    int max_prompt = 256, dry = 0, threads = 0, c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "m:h", opts, NULL)) != -1) {
+        int bad = 0;
+        switch (c) {
+        case 'm': model_flag = optarg; break;
+        case O_DATASET: dataset = optarg; break;
+        case O_BATCH: bad = cli_parse_int(optarg, &fo.batch) || fo.batch < 1 || fo.batch > 1024; break;
+        case O_NEW: bad = cli_parse_int(optarg, &fo.max_new) || fo.max_new < 2; break;
+        case O_LIMIT: bad = cli_parse_int(optarg, &fo.n_probes) || fo.n_probes < 1; break;
+        case O_MAXP: bad = cli_parse_int(optarg, &max_prompt) || max_prompt < 1; break;
+        case O_DRY: dry = 1; break;
+        case O_THREADS: bad = cli_parse_int(optarg, &threads) || threads < 1; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+        if (bad) {
+            fprintf(stderr, "margingate calibrate: invalid value '%s' for %s\n", optarg, argv[optind - 1]);
+            return 2;
+        }
+    }
+    if (optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+    if (threads) omp_set_num_threads(threads);
+    const char *model_path = cli_model_path(model_flag);
+    if (cli_model_missing("calibrate", model_path)) return 1;
+    mg_model *model;
+    mg_tokenizer *tok;
+    mg_model_format fmt;
+    if (mg_open_model(model_path, &model, &tok, &fmt) != MG_OK) return cli_fail("calibrate", "cannot load the model");
+    int rc = 1;
+    mg_dataset d;
+    mg_flip_report r;
+    int need = fo.n_probes > fo.batch ? fo.n_probes : fo.batch;
+    if (mg_dataset_load(dataset, tok, need, max_prompt, &d) != MG_OK) {
+        cli_fail("calibrate", "cannot load the dataset");
+        goto done_model;
+    }
+    if (fo.n_probes > d.n) fo.n_probes = d.n;
+    if (fo.batch > d.n) fo.batch = d.n;
+    if (mg_flip_study(model, mg_backend_cpu(), &d, &fo, &r) != MG_OK) {
+        cli_fail("calibrate", "flip study failed");
+        goto done_data;
+    }
+    mg_calibration cal = mg_calibrate(&r);
+    printf("calibration on %s: %d prompts, batch %d, %d new tokens: %ld synchronous steps, %d flips\n", dataset,
+           fo.n_probes, fo.batch, fo.max_new, cal.n_steps, cal.n_flips);
+    printf("largest batched margin at a flip: %.6g\n", cal.min_catching);
+    printf("tau = max(%.1f x %.6g, %.3g) = %.6g\n", MG_TAU_SAFETY, cal.min_catching, MG_TAU_FLOOR, cal.tau);
+    printf("expected trigger rate on %s: %.2f%% of decode steps\n", dataset, 100.0 * cal.trigger_rate);
+    if (!dry) {
+        char path[PATH_MAX];
+        if (mg_calibration_save(model_path, dataset, &cal) != MG_OK || mg_settings_path(path, sizeof path) != MG_OK) {
+            cli_fail("calibrate", "cannot write the settings");
+            goto done_report;
+        }
+        printf("written to %s\n", path);
+    }
+    rc = 0;
+done_report:
+    mg_flip_report_free(&r);
+done_data:
+    mg_dataset_free(&d);
+done_model:
+    mg_model_free(model);
+    mg_tokenizer_free(tok);
+    return rc;
+}
