@@ -8,11 +8,11 @@ OPT     ?= -O2 -march=native
 # -ffp-contract=off: the compiler must not fuse a*b+c differently in two code
 # paths, or a row could round differently at batch 1 and batch N.
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter $(OPT) -g -fopenmp -ffp-contract=off $(SANFLAGS) -Iinclude -Isrc
-LDLIBS  += -lcjson -lpcre2-8 -lz -lm -fopenmp $(SANFLAGS)
+LDLIBS  += -lcjson -lpcre2-8 -lz -lmicrohttpd -lpthread -lm -fopenmp $(SANFLAGS)
 
 LIB_SRC := $(sort $(wildcard src/util/*.c src/model/*.c src/tokenizer/*.c src/backend/*.c \
                              src/backend/cpu/*.c src/engine/*.c src/determinism/*.c src/sched/*.c \
-                             src/study/*.c))
+                             src/study/*.c src/server/*.c))
 CLI_SRC := $(sort $(wildcard src/cli/*.c))
 TEST_SRC := $(sort $(wildcard tests/test_*.c))
 

@@ -11,6 +11,8 @@
 int cmd_generate(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
+int cmd_bench_serve(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_flips(int argc, char **argv);
 int cmd_calibrate(int argc, char **argv);

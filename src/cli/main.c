@@ -12,6 +12,8 @@ static void usage(FILE *f) {
             "  generate    generate a continuation of a prompt\n"
             "  tokenize    print the token ids of a text\n"
             "  detokenize  print the text of token ids\n"
+            "  serve       OpenAI-compatible HTTP server with per-request determinism\n"
+            "  bench-serve load benchmark client for a running server\n"
             "  bench       latency and throughput of each determinism mode\n"
             "  flips       solo-vs-batch flip study (and per-mode determinism with --modes)\n"
             "  calibrate   choose MarginGate's margin threshold tau from a flip study\n"
@@ -30,6 +32,8 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "generate")) return cmd_generate(argc - 1, argv + 1);
     if (!strcmp(cmd, "tokenize")) return cmd_tokenize(argc - 1, argv + 1);
     if (!strcmp(cmd, "detokenize")) return cmd_detokenize(argc - 1, argv + 1);
+    if (!strcmp(cmd, "serve")) return cmd_serve(argc - 1, argv + 1);
+    if (!strcmp(cmd, "bench-serve")) return cmd_bench_serve(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench")) return cmd_bench(argc - 1, argv + 1);
     if (!strcmp(cmd, "flips")) return cmd_flips(argc - 1, argv + 1);
     if (!strcmp(cmd, "calibrate")) return cmd_calibrate(argc - 1, argv + 1);
