@@ -29,7 +29,7 @@
 
 #include "../engine/model_dir.h"
 #include "../sched/engine.h"
-#include "../util/file.h"
+#include "../study/dataset.h"
 #include "../util/timer.h"
 #include "cli.h"
 
@@ -51,11 +51,12 @@ static void usage(FILE *f) {
             "  --tau T              MarginGate margin threshold (default 0.5)\n"
             "  --llm42-window W     LLM-42 tokens per verify entry (default 64)\n"
             "  --llm42-group B      LLM-42 entries per verify pass (default 8)\n"
-            "  --dataset NAME|FILE  prompts from gsm8k, math500, sharegpt (../shared/datasets) or a\n"
-            "                       .jsonl/.json file (fields question, problem, prompt, text or\n"
-            "                       ShareGPT conversations); records are concatenated and cut to\n"
-            "                       exactly --prompt-len tokens. Default: synthetic prompts, BOS then\n"
-            "                       pseudo-random non-special ids (the same on every run)\n"
+            "  --dataset NAME|FILE  prompts from gsm8k, math500, humaneval, sharegpt (in\n"
+            "                       $MARGINGATE_DATASETS or ../shared/datasets) or a .jsonl/.json\n"
+            "                       file, formatted as `margingate flips` does; request k takes\n"
+            "                       prompts k, k+1, ... concatenated and cut to exactly --prompt-len\n"
+            "                       tokens. Default: synthetic prompts, BOS then pseudo-random\n"
+            "                       non-special ids (the same on every run)\n"
             "  --threads N          OpenMP threads\n"
             "  --json FILE          also write the results as JSON to FILE\n"
             "Prints an aligned table on stdout, progress on stderr. The default run (5 modes x\n"
@@ -110,105 +111,14 @@ static int parse_batches(const char *s, int *out, int *n) {
 
 /* ---- prompts --------------------------------------------------------------- */
 
-typedef struct {
-    char **texts;
-    int n;
-} text_set;
-
-static void text_set_free(text_set *ts) {
-    for (int i = 0; i < ts->n; i++) free(ts->texts[i]);
-    free(ts->texts);
-    ts->texts = NULL;
-    ts->n = 0;
-}
-
-/* The prompt text of one dataset record, or NULL. */
-static const char *record_text(const cJSON *o) {
-    if (cJSON_IsString(o)) return o->valuestring;
-    static const char *fields[] = {"question", "problem", "prompt", "text"};
-    for (size_t i = 0; i < sizeof fields / sizeof *fields; i++) {
-        const cJSON *f = cJSON_GetObjectItemCaseSensitive(o, fields[i]);
-        if (cJSON_IsString(f) && *f->valuestring) return f->valuestring;
-    }
-    const cJSON *conv = cJSON_GetObjectItemCaseSensitive(o, "conversations");
-    const cJSON *turn;
-    cJSON_ArrayForEach(turn, conv) {
-        const cJSON *from = cJSON_GetObjectItemCaseSensitive(turn, "from");
-        const cJSON *value = cJSON_GetObjectItemCaseSensitive(turn, "value");
-        if (cJSON_IsString(from) && !strcmp(from->valuestring, "human") && cJSON_IsString(value) &&
-            *value->valuestring)
-            return value->valuestring;
-    }
-    return NULL;
-}
-
-static int text_set_add(text_set *ts, const char *s) {
-    char **t = realloc(ts->texts, (size_t)(ts->n + 1) * sizeof *t);
-    if (!t) return -1;
-    ts->texts = t;
-    if (!(ts->texts[ts->n] = strdup(s))) return -1;
-    ts->n++;
-    return 0;
-}
-
-/* Loads prompt texts from a named dataset or a .json / .jsonl file. Returns
- * 0 on success; prints a one-line error and returns -1 otherwise. */
-static int load_dataset(const char *name, text_set *ts) {
-    static const struct { const char *name, *file; } named[] = {
-        {"gsm8k", "gsm8k_test.jsonl"}, {"math500", "math500_test.jsonl"}, {"sharegpt", "sharegpt_v3_filtered_1000.json"}};
-    char path[1024];
-    snprintf(path, sizeof path, "%s", name);
-    for (size_t i = 0; i < sizeof named / sizeof *named; i++)
-        if (!strcmp(name, named[i].name)) snprintf(path, sizeof path, "../shared/datasets/%s", named[i].file);
-    size_t len = strlen(path);
-    if (len > 3 && !strcmp(path + len - 3, ".gz")) {
-        fprintf(stderr, "margingate bench: %s is compressed; give the decompressed file\n", path);
-        return -1;
-    }
-    char *data = NULL;
-    if (mg_file_read(path, &data, NULL) != MG_OK) {
-        cli_fail("bench", "cannot read the dataset");
-        return -1;
-    }
-    const char *p = data;
-    while (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t') p++;
-    int rc = 0;
-    if (*p == '[') { /* one JSON array of records */
-        cJSON *arr = cJSON_Parse(p);
-        const cJSON *o;
-        cJSON_ArrayForEach(o, arr) {
-            const char *t = record_text(o);
-            if (t && text_set_add(ts, t)) rc = -1;
-        }
-        if (!arr) rc = -1;
-        cJSON_Delete(arr);
-    } else { /* JSON lines */
-        for (char *save = NULL, *line = strtok_r(data, "\n", &save); line && !rc; line = strtok_r(NULL, "\n", &save)) {
-            cJSON *o = cJSON_Parse(line);
-            if (!o) continue;
-            const char *t = record_text(o);
-            if (t && text_set_add(ts, t)) rc = -1;
-            cJSON_Delete(o);
-        }
-    }
-    free(data);
-    if (rc || ts->n == 0) {
-        fprintf(stderr, "margingate bench: %s: no prompts found (expected JSON lines or a JSON array of records)\n",
-                path);
-        text_set_free(ts);
-        return -1;
-    }
-    return 0;
-}
-
-/* Fills out[0..len) with prompt k. Synthetic (ts NULL): BOS (if any), then
+/* Fills out[0..len) with prompt k. Synthetic (ds NULL): BOS (if any), then
  * ids drawn from a fixed LCG seeded with k, skipping special tokens.
- * Dataset: records k, k+1, ... (cyclically) encoded and concatenated (BOS only
- * before the first), cut to len tokens. Returns 0 on success. */
-static int make_prompt(const mg_tokenizer *tok, int vocab, const text_set *ts, int k, int len, int32_t *out) {
+ * Dataset: prompts k, k+1, ... (cyclically) concatenated, each after the
+ * first without its leading BOS, cut to len tokens. Returns 0 on success. */
+static int make_prompt(const mg_tokenizer *tok, int vocab, const mg_dataset *ds, int k, int len, int32_t *out) {
     int n = 0;
     int32_t bos = mg_tokenizer_bos_id(tok);
-    if (!ts) {
+    if (!ds) {
         if (bos >= 0 && bos < vocab) out[n++] = bos;
         uint32_t s = 2654435761u * (uint32_t)(k + 1);
         while (n < len) {
@@ -219,19 +129,13 @@ static int make_prompt(const mg_tokenizer *tok, int vocab, const text_set *ts, i
         return 0;
     }
     for (int r = 0; n < len; r++) {
-        if (r > 100000) return -1; /* records that encode to nothing */
-        const char *text = ts->texts[(k + r) % ts->n];
-        int32_t *ids;
-        size_t n_ids;
-        if (mg_tokenizer_encode(tok, text, strlen(text), r == 0, &ids, &n_ids) != MG_OK) return -1;
-        for (size_t i = 0; i < n_ids && n < len; i++) {
-            if (ids[i] < 0 || ids[i] >= vocab) {
-                free(ids);
-                return -1;
-            }
+        if (r > 100000) return -1; /* prompts that are nothing but BOS */
+        const int32_t *ids = ds->ids[(k + r) % ds->n];
+        int n_ids = ds->n_ids[(k + r) % ds->n];
+        for (int i = r > 0 && n_ids > 0 && ids[0] == bos; i < n_ids && n < len; i++) {
+            if (ids[i] < 0 || ids[i] >= vocab) return -1;
             out[n++] = ids[i];
         }
-        free(ids);
     }
     return 0;
 }
@@ -632,16 +536,23 @@ int cmd_bench(int argc, char **argv) {
     int rc = 1, max_batch = 0, n_rows = 0, n_long = 0;
     mg_model *model = NULL;
     mg_tokenizer *tok = NULL;
-    text_set ts = {0};
+    mg_dataset ds = {0};
     int32_t *prompts = NULL, *long_prompt = NULL;
     bench_row *rows = NULL, long_rows[MAX_MODES];
     mg_model_format format;
     for (int i = 0; i < n_batches; i++)
         if (batches[i] > max_batch) max_batch = batches[i];
     if (cli_model_missing("bench", h.model_path)) goto done;
-    if (dataset && load_dataset(dataset, &ts)) goto done;
     if (mg_open_model(h.model_path, &model, &tok, &format) != MG_OK) {
         cli_fail("bench", "cannot load the model");
+        goto done;
+    }
+    if (dataset && mg_dataset_load(dataset, tok, 0, 0, &ds) != MG_OK) {
+        cli_fail("bench", "cannot load the dataset");
+        goto done;
+    }
+    if (dataset && ds.n == 0) {
+        fprintf(stderr, "margingate bench: the dataset %s has no prompts\n", dataset);
         goto done;
     }
     const mg_config *mc = &model->config;
@@ -659,12 +570,12 @@ int cmd_bench(int argc, char **argv) {
         goto done;
     }
     for (int k = 0; k < max_batch; k++)
-        if (make_prompt(tok, mc->vocab_size, dataset ? &ts : NULL, k, b.prompt_len,
+        if (make_prompt(tok, mc->vocab_size, dataset ? &ds : NULL, k, b.prompt_len,
                         prompts + (size_t)k * b.prompt_len)) {
             fprintf(stderr, "margingate bench: cannot build prompt %d from the dataset\n", k);
             goto done;
         }
-    if (prefill_len > 0 && make_prompt(tok, mc->vocab_size, dataset ? &ts : NULL, 0, prefill_len, long_prompt)) {
+    if (prefill_len > 0 && make_prompt(tok, mc->vocab_size, dataset ? &ds : NULL, 0, prefill_len, long_prompt)) {
         fprintf(stderr, "margingate bench: cannot build the %d-token prompt from the dataset\n", prefill_len);
         goto done;
     }
@@ -704,7 +615,7 @@ done:
     free(rows);
     free(prompts);
     free(long_prompt);
-    text_set_free(&ts);
+    mg_dataset_free(&ds);
     mg_tokenizer_free(tok);
     mg_model_free(model);
     return rc;
