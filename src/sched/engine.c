@@ -1,3 +1,4 @@
+#include <assert.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,15 +28,17 @@ mg_engine_config mg_engine_config_default(void) {
 
 /* ---- rows ---------------------------------------------------------------- */
 
-static mg_status rows_init(mg_rows *r, int cap, int vocab) {
+/* A row set of `cap` rows of which at most `logits_cap` want logits. */
+static mg_status rows_init(mg_rows *r, int cap, int logits_cap, int vocab) {
     memset(r, 0, sizeof *r);
     r->cap = cap;
+    r->logits_cap = logits_cap;
     r->tokens = malloc((size_t)cap * sizeof(int32_t));
     r->positions = malloc((size_t)cap * sizeof(int32_t));
     r->seqs = malloc((size_t)cap * sizeof(mg_kv_seq *));
     r->want = malloc((size_t)cap);
     r->req = malloc((size_t)cap * sizeof(mg_req *));
-    r->logits = malloc((size_t)cap * vocab * sizeof(float));
+    r->logits = malloc((size_t)logits_cap * vocab * sizeof(float));
     if (!r->tokens || !r->positions || !r->seqs || !r->want || !r->req || !r->logits)
         return mg_error_set(MG_ERR_OOM, "cannot allocate batch buffers for %d rows", cap);
     return MG_OK;
@@ -53,6 +56,7 @@ static void rows_free(mg_rows *r) {
 void mg_rows_clear(mg_rows *r) { r->n = r->n_want = 0; }
 
 void mg_rows_push(mg_rows *r, mg_req *q, int32_t token, int32_t pos, mg_kv_seq *seq, int want) {
+    assert(r->n < r->cap && (!want || r->n_want < r->logits_cap));
     r->tokens[r->n] = token;
     r->positions[r->n] = pos;
     r->seqs[r->n] = seq;
@@ -185,9 +189,12 @@ mg_status mg_engine_init(mg_engine **out, const mg_model *model, const mg_backen
     if ((st = mg_kv_pool_init(&e->pool, mc->n_layers, mc->n_kv_heads, mc->head_dim, cfg->kv_block_size, blocks)) !=
         MG_OK)
         goto fail;
-    if ((st = rows_init(&e->fast, cfg->max_batch_rows, mc->vocab_size)) != MG_OK ||
-        (st = rows_init(&e->inv, cfg->max_batch_rows, mc->vocab_size)) != MG_OK ||
-        (st = rows_init(&e->aux, aux_rows, mc->vocab_size)) != MG_OK)
+    /* A request wants at most one logits row per step in the fast and
+     * invariant groups; the aux group's LLM-42 verify pass wants all rows. */
+    int step_logits = cfg->max_running < cfg->max_batch_rows ? cfg->max_running : cfg->max_batch_rows;
+    if ((st = rows_init(&e->fast, cfg->max_batch_rows, step_logits, mc->vocab_size)) != MG_OK ||
+        (st = rows_init(&e->inv, cfg->max_batch_rows, step_logits, mc->vocab_size)) != MG_OK ||
+        (st = rows_init(&e->aux, aux_rows, aux_rows, mc->vocab_size)) != MG_OK)
         goto fail;
     e->scratch = malloc((size_t)mc->vocab_size * 2 * sizeof(float));
     if (!e->scratch) {

@@ -42,8 +42,9 @@ typedef struct {
     uint8_t *want;      /* (cap) */
     mg_req **req;       /* (cap) request of each row, NULL for padding */
     int n_want;
-    float *logits;      /* (cap, vocab) */
+    float *logits;      /* (logits_cap, vocab) */
     int cap;
+    int logits_cap;
 } mg_rows;
 
 struct mg_engine {
