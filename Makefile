@@ -20,7 +20,7 @@ LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all test asan clean deps
+.PHONY: all test asan clean deps FORCE
 all: $(BUILD)/margingate
 
 $(BUILD)/libmargingate.a: $(LIB_OBJ)
@@ -38,14 +38,29 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/libmargingate.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -o $@ $< $(BUILD)/libmargingate.a -lcriterion $(LDLIBS)
 
+ASAN_OPT   := -O1 -fno-omit-frame-pointer
+ASAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined
+
+# The bad-input tests (malformed safetensors, configs, checkpoints,
+# tokenizers) run a second time under AddressSanitizer + UBSan in `make test`.
+BAD_INPUT_TESTS := test_model_safetensors test_model_config test_model_load test_tokenizer_bad
+ifeq ($(SANFLAGS),)
+SANITIZED_BIN := $(BAD_INPUT_TESTS:%=build-asan/tests/%)
+endif
+
+$(SANITIZED_BIN): FORCE
+	@$(MAKE) --no-print-directory BUILD=build-asan OPT="$(ASAN_OPT)" SANFLAGS="$(ASAN_FLAGS)" $@
+
 # Runs every test binary; Criterion prints its own summary per binary and
 # tools/run-tests.sh prints the overall "N passed, N failed" line.
-test: $(BUILD)/margingate $(TEST_BIN)
-	@BUILD=$(BUILD) sh tools/run-tests.sh $(TEST_BIN)
+test: $(BUILD)/margingate $(TEST_BIN) $(SANITIZED_BIN)
+	@BUILD=$(BUILD) sh tools/run-tests.sh $(TEST_BIN) $(SANITIZED_BIN)
 
+# The whole suite under AddressSanitizer + UBSan.
 asan:
-	$(MAKE) test BUILD=build-asan OPT="-O1 -fno-omit-frame-pointer" \
-	    SANFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined"
+	$(MAKE) test BUILD=build-asan OPT="$(ASAN_OPT)" SANFLAGS="$(ASAN_FLAGS)"
+
+FORCE:
 
 clean:
 	rm -rf build build-asan
