@@ -10,8 +10,12 @@
  * last verified token's; the pass writes its K/V in place over the fast
  * path's. The first row whose prediction differs from the fast token marks
  * the rollback point: earlier tokens are kept, the verifier's token replaces
- * it, the rest are discarded. Padding rows live in a private dummy sequence
- * so they never touch a request's cache. */
+ * it, the rest are discarded. Padding rows write their K/V into a private
+ * one-block dummy sequence (overwriting each other: their outputs are never
+ * used), so they never touch a request's cache; since every kernel computes
+ * a row independently of the others at a given shape, padding cannot change
+ * a real row. */
+#include <assert.h>
 #include <string.h>
 
 #include "../sched/engine_internal.h"
@@ -83,21 +87,18 @@ mg_status mg_llm42_verify_ready(mg_engine *e, double now) {
             if (!is_filler(q) || is_ready(e, q)) continue;
             entries[n_entries++] = q;
         }
-        if (!e->dummy.n_blocks) {
-            mg_status st = mg_kv_seq_reserve(&e->pool, &e->dummy, B * W);
-            if (st != MG_OK) return st;
-        }
         double t0 = mg_now_s();
         mg_rows *r = &e->aux;
         mg_rows_clear(r);
         for (int k = 0; k < B; k++) {
             mg_req *q = k < n_entries ? entries[k] : NULL;
             int L = q ? q->n_verified : 0, n = q ? unverified(q) : 0;
+            assert(n <= W);
             for (int j = 0; j < W; j++) {
                 if (j < n)
                     mg_rows_push(r, q, q->tokens[L - 1 + j], L - 1 + j, &q->seq, 1);
                 else
-                    mg_rows_push(r, NULL, 0, k * W + j, &e->dummy, 1);
+                    mg_rows_push(r, NULL, 0, j % e->pool.block_size, &e->dummy, 1);
             }
         }
         mg_status st = mg_rows_run(e, r, MG_KERNELS_FAST);

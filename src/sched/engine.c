@@ -189,6 +189,8 @@ mg_status mg_engine_init(mg_engine **out, const mg_model *model, const mg_backen
     if ((st = mg_kv_pool_init(&e->pool, mc->n_layers, mc->n_kv_heads, mc->head_dim, cfg->kv_block_size, blocks)) !=
         MG_OK)
         goto fail;
+    /* One block for LLM-42's padding rows. */
+    if ((st = mg_kv_seq_reserve(&e->pool, &e->dummy, 1)) != MG_OK) goto fail;
     /* A request wants at most one logits row per step in the fast and
      * invariant groups; the aux group's LLM-42 verify pass wants all rows. */
     int step_logits = cfg->max_running < cfg->max_batch_rows ? cfg->max_running : cfg->max_batch_rows;
@@ -219,7 +221,7 @@ mg_status mg_engine_add(mg_engine *e, const int32_t *prompt, int n_prompt, const
     if (total > mc->max_seq_len)
         return mg_error_set(MG_ERR_RANGE, "prompt of %d tokens + %d new tokens exceeds the context of %d tokens",
                             n_prompt, p->max_new_tokens, mc->max_seq_len);
-    long pool_tokens = (long)e->pool.n_blocks * e->pool.block_size;
+    long pool_tokens = (long)(e->pool.n_blocks - e->dummy.n_blocks) * e->pool.block_size;
     if (total > pool_tokens)
         return mg_error_set(MG_ERR_FULL, "request needs %ld tokens of KV cache, the pool holds %ld", total,
                             pool_tokens);
@@ -294,8 +296,9 @@ mg_status mg_engine_view(const mg_engine *e, int id, mg_request_view *v) {
 const mg_mode_counters *mg_engine_totals(const mg_engine *e) { return e->totals; }
 
 void mg_engine_kv_usage(const mg_engine *e, int *used, int *total) {
-    *total = e->pool.n_blocks;
-    *used = e->pool.n_blocks - e->pool.n_free;
+    /* The dummy block is the engine's own, not a request's. */
+    *total = e->pool.n_blocks - e->dummy.n_blocks;
+    *used = e->pool.n_blocks - e->pool.n_free - e->dummy.n_blocks;
 }
 
 long mg_engine_preemptions(const mg_engine *e) { return e->preemptions; }

@@ -59,7 +59,7 @@ struct mg_engine {
     long next_admit;
     long preemptions;
     mg_rows fast, inv, aux; /* aux: isolated prefill and verify passes */
-    mg_kv_seq dummy;        /* LLM-42 padding rows write here */
+    mg_kv_seq dummy;        /* one block: LLM-42 padding rows write their K/V here */
     float *scratch;         /* (2 * vocab) sampler scratch */
     mg_mode_counters totals[MG_MODE_COUNT];
 };
