@@ -140,6 +140,7 @@ Test(cli_bench, table_and_json_fields) {
     cr_assert_eq(num(cf, "prompt_len"), 16);
     cr_assert_eq(num(cf, "new_tokens"), 4);
     cr_assert_eq(num(cf, "tau"), 0.5);
+    cr_assert_str_eq(cJSON_GetObjectItem(cf, "clock")->valuestring, "wall");
     const cJSON *res = cJSON_GetObjectItem(o, "results");
     cr_assert_eq(cJSON_GetArraySize(res), 4);
     const cJSON *x;
@@ -186,15 +187,17 @@ Test(cli_bench, always_llm42_and_increment_reduction) {
     snprintf(json, sizeof json, "/tmp/mg_bench_r_%d.json", (int)getpid());
     snprintf(cmd, sizeof cmd,
              BIN " bench -m %s --batch 2 --new 3 --modes off,llm42,margingate,margingate-always --prompt-len 8"
-                 " --prefill-len 0 --llm42-window 4 --llm42-group 2 --tau 0.25 --json %s",
+                 " --prefill-len 0 --llm42-window 4 --llm42-group 2 --tau 0.25 --threads 1 --clock cpu --json %s",
              model, json);
     cmd_result *r = run(cmd);
     cr_assert_eq(r->rc, 0, "%s", r->err);
     cr_assert(strstr(r->out, "increment reduction"), "%s", r->out);
-    cr_assert(strstr(r->out, "W=4 B=2") && strstr(r->out, "tau 0.25"), "%s", r->out);
+    cr_assert(strstr(r->out, "W=4 B=2") && strstr(r->out, "tau 0.25") && strstr(r->out, "| clock cpu"), "%s",
+              r->out);
     cr_assert_null(strstr(r->out, "prefill of one"), "--prefill-len 0 skips it: %s", r->out);
     cJSON *o = read_json(json);
     remove(json);
+    cr_assert_str_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(o, "config"), "clock")->valuestring, "cpu");
     const cJSON *x;
     cJSON_ArrayForEach(x, cJSON_GetObjectItem(o, "results")) {
         const char *m = cJSON_GetObjectItem(x, "mode")->valuestring;
@@ -229,7 +232,7 @@ Test(cli_bench, dataset_prompts) {
 
 Test(cli_bench, bad_flags_and_missing_model) {
     const char *bad[] = {"--batch 0", "--batch 1,x", "--modes off,fast", "--modes off,off", "--new 1",
-                         "--tau -1", "--prompt-len 0", "--llm42-window 0", "--frobnicate", "extra"};
+                         "--tau -1", "--prompt-len 0", "--llm42-window 0", "--clock gpu", "--frobnicate", "extra"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         char cmd[256];
         snprintf(cmd, sizeof cmd, BIN " bench -m /nonexistent %s", bad[i]);
