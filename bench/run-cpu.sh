@@ -6,14 +6,17 @@
 # Builds the committed HEAD in a scratch copy (git archive), so the record
 # names exactly the code it measured; --worktree measures ./build/margingate
 # from the working tree instead (the record then says "working tree").
-# Waits (up to IDLE_WAIT seconds, default 600) for the machine to be idle:
-# on a shared machine, other processes' load slows OpenMP badly and the
-# numbers mean nothing. Then runs `margingate bench` with its defaults (plus
-# BENCH ARGS) and writes bench/results/cpu-<UTC date>.md and .json (a second
-# run on the same day gets -2, -3, ...).
+# Waits (up to IDLE_WAIT seconds, default 600) for the machine to be idle,
+# then runs `margingate bench` with its defaults (plus BENCH ARGS) on all
+# CPUs, timed by the wall clock. On a machine that other processes keep busy
+# OpenMP's barriers make wall times meaningless (a decode step was measured
+# 250x slower), so if it is still busy after the wait the run falls back to
+# one thread timed by the process's CPU time (--threads 1 --clock cpu), and
+# the record says so. Writes bench/results/cpu-<UTC date>.md and .json (a
+# second run on the same day gets -2, -3, ...).
 #
 # Environment: MODEL (default ../shared/models/mg-llama-27m), IDLE_WAIT,
-# THREADS (default: all CPUs).
+# THREADS (default: all CPUs), CLOCK (wall or cpu: no fallback).
 set -eu
 
 cd "$(dirname "$0")/.."
@@ -25,6 +28,7 @@ model=${MODEL:-../shared/models/mg-llama-27m}
 model=$(cd "$(dirname "$model")" && pwd)/$(basename "$model")
 threads=${THREADS:-$(nproc)}
 idle_wait=${IDLE_WAIT:-600}
+clock=${CLOCK:-}
 
 commit=$(git rev-parse HEAD)
 subject=$(git log -1 --format=%s HEAD)
@@ -36,6 +40,7 @@ if [ $worktree = 1 ]; then
 else
     tmp=$(mktemp -d /tmp/margingate-bench.XXXXXX)
     trap 'rm -rf "$tmp"' EXIT
+    trap 'exit 1' INT TERM
     git archive HEAD | tar -x -C "$tmp"
     echo "run-cpu.sh: building $commit in $tmp" >&2
     make -s -j"$(nproc)" -C "$tmp" build/margingate CUDA=0 >&2
@@ -56,7 +61,13 @@ while :; do
     busy=$(busy_pct)
     [ "$busy" -lt 10 ] && break
     if [ $waited -ge "$idle_wait" ]; then
-        echo "run-cpu.sh: the machine is still ${busy}% busy after ${idle_wait}s; measuring anyway" >&2
+        if [ -z "$clock" ]; then
+            echo "run-cpu.sh: the machine is still ${busy}% busy after ${idle_wait}s; measuring one thread's CPU time" >&2
+            clock=cpu
+            threads=1
+        else
+            echo "run-cpu.sh: the machine is still ${busy}% busy after ${idle_wait}s; measuring anyway" >&2
+        fi
         break
     fi
     echo "run-cpu.sh: machine ${busy}% busy; waiting for it to be idle" >&2
@@ -72,10 +83,11 @@ json=$base.json
 md=$base.md
 txt=$(mktemp /tmp/margingate-bench-out.XXXXXX)
 
-cmd="margingate bench -m $model --threads $threads --json $(basename "$json") $*"
+clock=${clock:-wall}
+cmd="margingate bench -m $model --threads $threads --clock $clock --json $(basename "$json") $*"
 start=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 t0=$(date +%s)
-"$bin" bench -m "$model" --threads "$threads" --json "$json" "$@" >"$txt"
+"$bin" bench -m "$model" --threads "$threads" --clock "$clock" --json "$json" "$@" >"$txt"
 t1=$(date +%s)
 busy_after=$(busy_pct)
 
@@ -95,12 +107,17 @@ cc_version=$(${CC:-cc} --version | head -n 1)
     echo "|---|---|"
     echo "| machine | $cpu, $cpus CPUs ($sockets socket x $cores cores, $tpc thread per core)${hyp:+, $hyp guest}, $mem RAM |"
     echo "| threads | $threads |"
+    if [ "$clock" = cpu ]; then
+        echo "| clock | **process CPU time, not wall time** (\`--clock cpu\`): the machine was busy with other work |"
+    else
+        echo "| clock | wall time |"
+    fi
     echo "| date (UTC) | $start, $((t1 - t0)) s |"
     echo "| commit | $source_desc: $subject |"
     echo "| compiler | $cc_version, \`-O2 -march=native -fopenmp -ffp-contract=off\` |"
     echo "| model | $(basename "$model") |"
     echo "| command | \`bench/run-cpu.sh $*\`, i.e. \`$cmd\` |"
-    echo "| machine busy (other processes) | ${busy}% before the run, ${busy_after}% after; the cpu column below shows the run's own share |"
+    echo "| machine busy (other processes) | ${busy}% before the run (after waiting ${waited} s), ${busy_after}% after; the cpu column below shows the run's own share |"
     echo
     sed -n '2p' "$txt"
     echo
