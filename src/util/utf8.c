@@ -1,21 +1,26 @@
 #include "utf8.h"
 
+/* For a lead byte c: the sequence length (0 if c cannot start a sequence)
+ * and the allowed range [lo, hi] of the second byte (RFC 3629 table 3-7). */
+static size_t lead_info(unsigned c, unsigned *lo, unsigned *hi) {
+    *lo = 0x80, *hi = 0xBF;
+    if (c < 0x80) return 1;
+    if (c >= 0xC2 && c <= 0xDF) return 2;
+    if (c == 0xE0) return *lo = 0xA0, 3;
+    if (c >= 0xE1 && c <= 0xEC) return 3;
+    if (c == 0xED) return *hi = 0x9F, 3;
+    if (c >= 0xEE && c <= 0xEF) return 3;
+    if (c == 0xF0) return *lo = 0x90, 4;
+    if (c >= 0xF1 && c <= 0xF3) return 4;
+    if (c == 0xF4) return *hi = 0x8F, 4;
+    return 0;
+}
+
 size_t mg_utf8_seq_len(const unsigned char *s, size_t n) {
     if (n == 0) return 0;
-    unsigned c = s[0];
-    if (c < 0x80) return 1;
-    size_t len;
-    unsigned lo = 0x80, hi = 0xBF; /* allowed range of the second byte */
-    if (c >= 0xC2 && c <= 0xDF) len = 2;
-    else if (c == 0xE0) len = 3, lo = 0xA0;
-    else if (c >= 0xE1 && c <= 0xEC) len = 3;
-    else if (c == 0xED) len = 3, hi = 0x9F;
-    else if (c >= 0xEE && c <= 0xEF) len = 3;
-    else if (c == 0xF0) len = 4, lo = 0x90;
-    else if (c >= 0xF1 && c <= 0xF3) len = 4;
-    else if (c == 0xF4) len = 4, hi = 0x8F;
-    else return 0;
-    if (n < len) return 0;
+    unsigned lo, hi;
+    size_t len = lead_info(s[0], &lo, &hi);
+    if (len <= 1 || n < len) return len == 1 ? 1 : 0;
     if (s[1] < lo || s[1] > hi) return 0;
     for (size_t i = 2; i < len; i++)
         if ((s[i] & 0xC0) != 0x80) return 0;
@@ -39,20 +44,11 @@ int mg_utf8_valid(const char *s, size_t n, size_t *bad_offset) {
 /* Length of the maximal prefix of an invalid/incomplete sequence at s that
  * is still a valid start (what from_utf8_lossy replaces by one U+FFFD). */
 static size_t valid_prefix(const unsigned char *s, size_t n) {
-    unsigned c = s[0];
-    size_t len;
-    unsigned lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) len = 2;
-    else if (c == 0xE0) len = 3, lo = 0xA0;
-    else if (c >= 0xE1 && c <= 0xEC) len = 3;
-    else if (c == 0xED) len = 3, hi = 0x9F;
-    else if (c >= 0xEE && c <= 0xEF) len = 3;
-    else if (c == 0xF0) len = 4, lo = 0x90;
-    else if (c >= 0xF1 && c <= 0xF3) len = 4;
-    else if (c == 0xF4) len = 4, hi = 0x8F;
-    else return 1;
+    unsigned lo, hi;
+    size_t len = lead_info(s[0], &lo, &hi);
+    if (len <= 1) return 1;
     size_t i = 1;
-    if (i < n && i < len && s[i] >= lo && s[i] <= hi) {
+    if (i < n && s[i] >= lo && s[i] <= hi) {
         i++;
         while (i < n && i < len && (s[i] & 0xC0) == 0x80) i++;
     }
