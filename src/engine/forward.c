@@ -7,18 +7,24 @@
 struct mg_forward {
     const mg_model *model;
     const mg_backend_ops *ops;
+    const mg_weights *w; /* the model's weights in backend memory (weights_acquire) */
     int max_rows;
+    /* Backend memory. Activation buffers hold up to 4 bytes per value (see
+     * backend.h); the element size of a run is ops->act_size(round_bf16). */
     float *inv_freq; /* (head_dim / 2) */
-    float *x;        /* (max_rows, dim) residual stream */
-    float *xb;       /* (max_rows, dim) normed input of a sub-block */
-    float *q;        /* (max_rows, n_heads * head_dim) */
-    float *k;        /* (max_rows, n_kv_heads * head_dim) */
-    float *v;        /* (max_rows, n_kv_heads * head_dim) */
-    float *att;      /* (max_rows, n_heads * head_dim) */
-    float *proj;     /* (max_rows, dim) output of o_proj / down_proj */
-    float *gate;     /* (max_rows, hidden_dim) */
-    float *up;       /* (max_rows, hidden_dim) */
-    float *last;     /* (max_rows, dim) final-normed rows that want logits */
+    void *x;         /* (max_rows, dim) residual stream */
+    void *xb;        /* (max_rows, dim) normed input of a sub-block */
+    void *q;         /* (max_rows, n_heads * head_dim) */
+    void *k;         /* (max_rows, n_kv_heads * head_dim) */
+    void *v;         /* (max_rows, n_kv_heads * head_dim) */
+    void *att;       /* (max_rows, n_heads * head_dim) */
+    void *proj;      /* (max_rows, dim) output of o_proj / down_proj */
+    void *gate;      /* (max_rows, hidden_dim) */
+    void *up;        /* (max_rows, hidden_dim) */
+    void *last;      /* (max_rows, dim) final-normed rows that want logits */
+    float *logits;   /* (logits_rows, vocab) FP32 */
+    mg_argmax *argmax; /* (logits_rows) */
+    int logits_rows; /* rows the two buffers above hold (grown on demand) */
 };
 
 void mg_rope_inv_freq(const mg_config *cfg, float *inv_freq) {
@@ -45,38 +51,62 @@ void mg_rope_inv_freq(const mg_config *cfg, float *inv_freq) {
 
 void mg_forward_free(mg_forward *fw) {
     if (!fw) return;
-    float *bufs[] = {fw->inv_freq, fw->x, fw->xb, fw->q, fw->k, fw->v, fw->att, fw->proj, fw->gate, fw->up, fw->last};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
+    void *bufs[] = {fw->inv_freq, fw->x, fw->xb, fw->q, fw->k, fw->v, fw->att, fw->proj, fw->gate, fw->up, fw->last,
+                    fw->logits, fw->argmax};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) fw->ops->free(bufs[i]);
+    if (fw->w) fw->ops->weights_release(fw->model);
     free(fw);
 }
+
+const mg_backend_ops *mg_forward_backend(const mg_forward *fw) { return fw->ops; }
 
 mg_status mg_forward_init(mg_forward **out, const mg_model *model, const mg_backend_ops *backend, int max_rows) {
     *out = NULL;
     const mg_config *c = &model->config;
     if (max_rows <= 0) return mg_error_set(MG_ERR_ARG, "max_rows must be positive (got %d)", max_rows);
+    if (!backend) return mg_error_set(MG_ERR_ARG, "no backend");
     mg_forward *fw = calloc(1, sizeof *fw);
     if (!fw) return mg_error_set(MG_ERR_OOM, "cannot allocate forward context");
     fw->model = model;
     fw->ops = backend;
     fw->max_rows = max_rows;
     size_t r = (size_t)max_rows, qd = (size_t)c->n_heads * c->head_dim, kvd = (size_t)c->n_kv_heads * c->head_dim;
-    fw->inv_freq = malloc((size_t)(c->head_dim / 2) * sizeof(float));
-    fw->x = malloc(r * c->dim * sizeof(float));
-    fw->xb = malloc(r * c->dim * sizeof(float));
-    fw->q = malloc(r * qd * sizeof(float));
-    fw->k = malloc(r * kvd * sizeof(float));
-    fw->v = malloc(r * kvd * sizeof(float));
-    fw->att = malloc(r * qd * sizeof(float));
-    fw->proj = malloc(r * c->dim * sizeof(float));
-    fw->gate = malloc(r * c->hidden_dim * sizeof(float));
-    fw->up = malloc(r * c->hidden_dim * sizeof(float));
-    fw->last = malloc(r * c->dim * sizeof(float));
-    if (!fw->inv_freq || !fw->x || !fw->xb || !fw->q || !fw->k || !fw->v || !fw->att || !fw->proj || !fw->gate ||
-        !fw->up || !fw->last) {
+    const size_t f = sizeof(float);
+    struct {
+        void **buf;
+        size_t bytes;
+    } allocs[] = {{(void **)&fw->inv_freq, (size_t)(c->head_dim / 2) * f},
+                  {&fw->x, r * c->dim * f},
+                  {&fw->xb, r * c->dim * f},
+                  {&fw->q, r * qd * f},
+                  {&fw->k, r * kvd * f},
+                  {&fw->v, r * kvd * f},
+                  {&fw->att, r * qd * f},
+                  {&fw->proj, r * c->dim * f},
+                  {&fw->gate, r * c->hidden_dim * f},
+                  {&fw->up, r * c->hidden_dim * f},
+                  {&fw->last, r * c->dim * f}};
+    mg_status st = MG_OK;
+    for (size_t i = 0; i < sizeof allocs / sizeof allocs[0] && st == MG_OK; i++)
+        st = backend->alloc(allocs[i].buf, allocs[i].bytes);
+    if (st != MG_OK) {
         mg_forward_free(fw);
-        return mg_error_set(MG_ERR_OOM, "cannot allocate activations for %d rows", max_rows);
+        return mg_error_set(MG_ERR_OOM, "cannot allocate activations for %d rows on %s", max_rows, backend->name);
     }
-    mg_rope_inv_freq(c, fw->inv_freq);
+    float *inv_freq = malloc((size_t)(c->head_dim / 2) * f);
+    if (!inv_freq) {
+        mg_forward_free(fw);
+        return mg_error_set(MG_ERR_OOM, "cannot allocate RoPE frequencies");
+    }
+    mg_rope_inv_freq(c, inv_freq);
+    st = backend->upload(fw->inv_freq, inv_freq, (size_t)(c->head_dim / 2) * f);
+    free(inv_freq);
+    if (st == MG_OK) st = backend->weights_acquire(&fw->w, model);
+    if (st != MG_OK) {
+        fw->w = NULL;
+        mg_forward_free(fw);
+        return st;
+    }
     *out = fw;
     return MG_OK;
 }
@@ -96,48 +126,100 @@ static mg_status check_batch(const mg_forward *fw, const mg_batch *b) {
     return MG_OK;
 }
 
-mg_status mg_forward_run(mg_forward *fw, mg_kv_pool *pool, const mg_batch *b, mg_kernels kernels,
-                         mg_act_precision precision, float *logits) {
-    mg_status st = check_batch(fw, b);
+/* Makes the logits and argmax buffers hold at least m rows. */
+static mg_status reserve_logits(mg_forward *fw, int m) {
+    if (m <= fw->logits_rows) return MG_OK;
+    fw->ops->free(fw->logits);
+    fw->ops->free(fw->argmax);
+    fw->logits = NULL;
+    fw->argmax = NULL;
+    fw->logits_rows = 0;
+    size_t vocab = (size_t)fw->model->config.vocab_size;
+    mg_status st = fw->ops->alloc((void **)&fw->logits, (size_t)m * vocab * sizeof(float));
+    if (st == MG_OK) st = fw->ops->alloc((void **)&fw->argmax, (size_t)m * sizeof(mg_argmax));
     if (st != MG_OK) return st;
-    const mg_config *c = &fw->model->config;
-    const mg_weights *w = &fw->model->weights;
-    const mg_backend_ops *ops = fw->ops;
-    const int n = b->n_rows, rb = precision == MG_ACT_BF16;
-    const size_t dim = (size_t)c->dim;
-    const mg_attn_rows rows = {.n_rows = n, .positions = b->positions, .seqs = b->seqs};
+    fw->logits_rows = m;
+    return MG_OK;
+}
 
-    ops->embed(fw->x, &w->tok_embed, b->tokens, n);
-    for (int l = 0; l < c->n_layers; l++) {
+#define TRY(call)                                                                                            \
+    do {                                                                                                     \
+        mg_status st_ = (call);                                                                              \
+        if (st_ != MG_OK) return st_;                                                                        \
+    } while (0)
+
+mg_status mg_forward_run_ex(mg_forward *fw, mg_kv_pool *pool, const mg_batch *b, mg_kernels kernels,
+                            mg_act_precision precision, const mg_forward_out *out) {
+    TRY(check_batch(fw, b));
+    if (pool->ops != fw->ops)
+        return mg_error_set(MG_ERR_ARG, "the KV pool lives on the %s backend, the forward pass runs on %s",
+                            pool->ops ? pool->ops->name : "no", fw->ops->name);
+    const mg_config *c = &fw->model->config;
+    const mg_weights *w = fw->w;
+    const mg_backend_ops *ops = fw->ops;
+    const int n = b->n_rows, rb = precision == MG_ACT_BF16, L = c->n_layers;
+    const size_t dim = (size_t)c->dim, row_bytes = dim * ops->act_size(rb);
+    const float eps = c->norm_eps;
+    int all_want = 1;
+    for (int i = 0; i < n && all_want; i++) all_want = !b->want_logits || b->want_logits[i];
+    mg_attn_rows rows = {.n_rows = n, .tokens = b->tokens, .positions = b->positions, .seqs = b->seqs};
+    TRY(ops->rows_prepare(&rows));
+
+    TRY(ops->embed(fw->x, &w->tok_embed, &rows, rb));
+    TRY(ops->rmsnorm(fw->xb, fw->x, w->layers[0].attn_norm, n, c->dim, eps, rb));
+    for (int l = 0; l < L; l++) {
         const mg_layer_weights *lw = &w->layers[l];
         /* attention block */
-        ops->rmsnorm(fw->xb, fw->x, lw->attn_norm, n, c->dim, c->norm_eps, rb);
-        ops->matmul(fw->q, fw->xb, &lw->wq, lw->bq, n, kernels, rb);
-        ops->matmul(fw->k, fw->xb, &lw->wk, lw->bk, n, kernels, rb);
-        ops->matmul(fw->v, fw->xb, &lw->wv, lw->bv, n, kernels, rb);
-        ops->rope(fw->q, b->positions, n, c->n_heads, c->head_dim, fw->inv_freq, rb);
-        ops->rope(fw->k, b->positions, n, c->n_kv_heads, c->head_dim, fw->inv_freq, rb);
-        ops->kv_store(pool, l, fw->k, fw->v, &rows);
-        ops->attention(fw->att, fw->q, pool, l, &rows, c->n_heads, kernels, rb);
-        ops->matmul(fw->proj, fw->att, &lw->wo, lw->bo, n, kernels, rb);
-        ops->add(fw->x, fw->proj, n * dim, rb);
+        const mg_matmul_part qkv[3] = {{fw->q, &lw->wq, lw->bq}, {fw->k, &lw->wk, lw->bk}, {fw->v, &lw->wv, lw->bv}};
+        TRY(ops->matmul_multi(qkv, 3, fw->xb, n, kernels, rb));
+        TRY(ops->rope_kv_store(fw->q, fw->k, fw->v, pool, l, &rows, c->n_heads, fw->inv_freq, rb));
+        TRY(ops->attention(fw->att, fw->q, pool, l, &rows, c->n_heads, kernels, rb));
+        TRY(ops->matmul(fw->proj, fw->att, &lw->wo, lw->bo, n, kernels, rb));
+        TRY(ops->add_rmsnorm(fw->x, fw->proj, fw->xb, lw->mlp_norm, n, c->dim, eps, rb));
         /* MLP block */
-        ops->rmsnorm(fw->xb, fw->x, lw->mlp_norm, n, c->dim, c->norm_eps, rb);
-        ops->matmul(fw->gate, fw->xb, &lw->w_gate, NULL, n, kernels, rb);
-        ops->matmul(fw->up, fw->xb, &lw->w_up, NULL, n, kernels, rb);
-        ops->swiglu(fw->gate, fw->gate, fw->up, (size_t)n * c->hidden_dim, rb);
-        ops->matmul(fw->proj, fw->gate, &lw->w_down, NULL, n, kernels, rb);
-        ops->add(fw->x, fw->proj, n * dim, rb);
+        const mg_matmul_part gate_up[2] = {{fw->gate, &lw->w_gate, NULL}, {fw->up, &lw->w_up, NULL}};
+        TRY(ops->matmul_multi(gate_up, 2, fw->xb, n, kernels, rb));
+        TRY(ops->swiglu(fw->gate, fw->gate, fw->up, (size_t)n * c->hidden_dim, rb));
+        TRY(ops->matmul(fw->proj, fw->gate, &lw->w_down, NULL, n, kernels, rb));
+        /* The residual add, fused with the next norm: the next layer's
+         * attention norm, or the final norm when every row wants logits. */
+        if (l + 1 < L)
+            TRY(ops->add_rmsnorm(fw->x, fw->proj, fw->xb, w->layers[l + 1].attn_norm, n, c->dim, eps, rb));
+        else if (all_want)
+            TRY(ops->add_rmsnorm(fw->x, fw->proj, fw->last, w->final_norm, n, c->dim, eps, rb));
+        else
+            TRY(ops->add(fw->x, fw->proj, (size_t)n * dim, rb));
     }
-    /* Final norm and LM head on the rows that want logits only. */
-    int m = 0;
-    for (int i = 0; i < n; i++) {
-        if (b->want_logits && !b->want_logits[i]) continue;
-        memcpy(fw->last + (size_t)m * dim, fw->x + (size_t)i * dim, dim * sizeof(float));
-        m++;
+    /* Final norm (unless fused above) and LM head on the rows that want
+     * logits only, packed in row order; each run of consecutive wanted rows
+     * is one rmsnorm call. */
+    int m = all_want ? n : 0;
+    for (int i = 0; !all_want && i < n;) {
+        if (!b->want_logits[i]) {
+            i++;
+            continue;
+        }
+        int j = i;
+        while (j < n && b->want_logits[j]) j++;
+        TRY(ops->rmsnorm((char *)fw->last + (size_t)m * row_bytes, (const char *)fw->x + (size_t)i * row_bytes,
+                         w->final_norm, j - i, c->dim, eps, rb));
+        m += j - i;
+        i = j;
     }
     if (m == 0) return MG_OK;
-    ops->rmsnorm(fw->last, fw->last, w->final_norm, m, c->dim, c->norm_eps, rb);
-    ops->matmul(logits, fw->last, &w->lm_head, NULL, m, kernels, 0);
+    TRY(reserve_logits(fw, m));
+    TRY(ops->logits(fw->logits, fw->last, &w->lm_head, m, kernels, rb));
+    const size_t vocab = (size_t)c->vocab_size;
+    if (out->argmax) {
+        TRY(ops->argmax(fw->argmax, fw->logits, m, c->vocab_size));
+        TRY(ops->download(out->argmax, fw->argmax, (size_t)m * sizeof(mg_argmax)));
+    }
+    if (out->logits) TRY(ops->download(out->logits, fw->logits, (size_t)m * vocab * sizeof(float)));
     return MG_OK;
+}
+
+mg_status mg_forward_run(mg_forward *fw, mg_kv_pool *pool, const mg_batch *b, mg_kernels kernels,
+                         mg_act_precision precision, float *logits) {
+    const mg_forward_out out = {.logits = logits, .argmax = NULL};
+    return mg_forward_run_ex(fw, pool, b, kernels, precision, &out);
 }

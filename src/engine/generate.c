@@ -29,6 +29,10 @@ mg_status mg_generate(mg_forward *fw, mg_kv_pool *pool, const mg_config *cfg, in
     mg_status st = mg_sampling_validate(&opts->sampling);
     if (st != MG_OK) return st;
     const int vocab = cfg->vocab_size;
+    /* Greedy decoding needs only the argmax, computed by the backend; the
+     * host needs the logits for sampling (mg_sample) or for on_logits. */
+    const int greedy = opts->sampling.temperature <= 0.0f, host_logits = !greedy || opts->on_logits;
+    mg_argmax am = {0};
     mg_kv_seq seq = {0};
     int32_t *pos = malloc((size_t)max_rows * sizeof(int32_t));
     mg_kv_seq **seqs = malloc((size_t)max_rows * sizeof(mg_kv_seq *));
@@ -51,7 +55,11 @@ mg_status mg_generate(mg_forward *fw, mg_kv_pool *pool, const mg_config *cfg, in
         int n = n_prompt - p0 < max_rows ? n_prompt - p0 : max_rows;
         for (int i = 0; i < n; i++) pos[i] = p0 + i, want[i] = (p0 + i == n_prompt - 1);
         mg_batch b = {.n_rows = n, .tokens = prompt + p0, .positions = pos, .seqs = seqs, .want_logits = want};
-        st = mg_forward_run(fw, pool, &b, opts->kernels, opts->precision, logits);
+        /* The last chunk brings the logits after the prompt (kept in the
+         * result) and their argmax. */
+        const mg_forward_out out = {.logits = p0 + n == n_prompt ? logits : NULL,
+                                    .argmax = p0 + n == n_prompt ? &am : NULL};
+        st = mg_forward_run_ex(fw, pool, &b, opts->kernels, opts->precision, &out);
         if (st != MG_OK) goto done;
     }
     memcpy(res->prompt_logits, logits, (size_t)vocab * sizeof(float));
@@ -60,8 +68,9 @@ mg_status mg_generate(mg_forward *fw, mg_kv_pool *pool, const mg_config *cfg, in
     double t1 = mg_now_s();
     for (int step = 0; step < opts->max_new_tokens; step++) {
         int64_t position = n_prompt + step; /* position the new token will occupy */
-        int32_t tok = mg_sample(logits, vocab, &opts->sampling, position, scratch);
-        float margin = mg_argmax_margin(logits, vocab).margin;
+        if (opts->on_logits) opts->on_logits(opts->on_logits_user, step, logits, vocab);
+        int32_t tok = greedy ? am.token : mg_sample(logits, vocab, &opts->sampling, position, scratch);
+        float margin = am.margin;
         res->tokens[res->n] = tok;
         res->margins[res->n] = margin;
         res->n++;
@@ -73,7 +82,8 @@ mg_status mg_generate(mg_forward *fw, mg_kv_pool *pool, const mg_config *cfg, in
         if (step + 1 == opts->max_new_tokens) break;
         int32_t p = (int32_t)position;
         mg_batch b = {.n_rows = 1, .tokens = &tok, .positions = &p, .seqs = seqs, .want_logits = NULL};
-        st = mg_forward_run(fw, pool, &b, opts->kernels, opts->precision, logits);
+        const mg_forward_out out = {.logits = host_logits ? logits : NULL, .argmax = &am};
+        st = mg_forward_run_ex(fw, pool, &b, opts->kernels, opts->precision, &out);
         if (st != MG_OK) goto done;
     }
     res->decode_s = mg_now_s() - t1;

@@ -10,12 +10,18 @@
 #include "forward.h"
 #include "sampler.h"
 
+/* Called with the FP32 logits that decide each generated token (step 0:
+ * after the prompt), before the token is chosen. */
+typedef void (*mg_logits_cb)(void *user, int step, const float *logits, int vocab);
+
 typedef struct {
     int max_new_tokens;
     mg_sampling sampling;
     mg_kernels kernels;
     mg_act_precision precision;
     int ignore_eos; /* nonzero: do not stop on the model's stop tokens */
+    mg_logits_cb on_logits; /* optional; makes a device backend copy every step's logits to the host */
+    void *on_logits_user;
 } mg_generate_opts;
 
 typedef struct {

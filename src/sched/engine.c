@@ -178,16 +178,19 @@ mg_status mg_engine_init(mg_engine **out, const mg_model *model, const mg_backen
     int aux_rows = verify_rows > cfg->prefill_chunk ? verify_rows : cfg->prefill_chunk;
     if (aux_rows < cfg->max_running) aux_rows = cfg->max_running;
     int max_rows = aux_rows > cfg->max_batch_rows ? aux_rows : cfg->max_batch_rows;
-    int blocks = mg_kv_pool_blocks_for_bytes(cfg->kv_bytes, mc->n_layers, mc->n_kv_heads, mc->head_dim,
-                                             cfg->kv_block_size);
+    /* The KV pool lives on the backend; a device pool holds BF16 values in
+     * BF16 numerics (the values are BF16 anyway), FP32 otherwise. */
+    mg_dtype kv_dtype = !backend->host_memory && cfg->precision == MG_ACT_BF16 ? MG_DTYPE_BF16 : MG_DTYPE_F32;
+    int blocks = mg_kv_pool_blocks_for_bytes_dtype(cfg->kv_bytes, kv_dtype, mc->n_layers, mc->n_kv_heads,
+                                                   mc->head_dim, cfg->kv_block_size);
     mg_status st;
     if (blocks < 2) {
         st = mg_error_set(MG_ERR_ARG, "KV budget of %zu bytes holds fewer than 2 blocks", cfg->kv_bytes);
         goto fail;
     }
     if ((st = mg_forward_init(&e->fw, model, backend, max_rows)) != MG_OK) goto fail;
-    if ((st = mg_kv_pool_init(&e->pool, mc->n_layers, mc->n_kv_heads, mc->head_dim, cfg->kv_block_size, blocks)) !=
-        MG_OK)
+    if ((st = mg_kv_pool_init_on(&e->pool, backend, kv_dtype, mc->n_layers, mc->n_kv_heads, mc->head_dim,
+                                 cfg->kv_block_size, blocks)) != MG_OK)
         goto fail;
     /* One block for LLM-42's padding rows. */
     if ((st = mg_kv_seq_reserve(&e->pool, &e->dummy, 1)) != MG_OK) goto fail;
@@ -308,27 +311,18 @@ mg_status mg_engine_kv_column(const mg_engine *e, int id, int layer, int pos, fl
     if (!q || q->state != REQ_RUNNING || pos < 0 || pos >= q->n_cached || layer < 0 ||
         layer >= e->model->config.n_layers)
         return mg_error_set(MG_ERR_ARG, "no cached K/V for request %d at layer %d position %d", id, layer, pos);
-    size_t n = (size_t)e->pool.n_kv_heads * e->pool.head_dim * sizeof(float);
-    memcpy(k, mg_kv_k_at(&e->pool, &q->seq, layer, pos), n);
-    memcpy(v, mg_kv_v_at(&e->pool, &q->seq, layer, pos), n);
-    return MG_OK;
+    return mg_kv_read(&e->pool, &q->seq, layer, pos, k, v);
 }
 
 /* ---- preemption by swapping ----------------------------------------------- */
 
 static mg_status swap_out(mg_engine *e, mg_req *q) {
-    const int L = e->model->config.n_layers;
-    const size_t row = (size_t)e->pool.n_kv_heads * e->pool.head_dim;
-    size_t n = (size_t)L * (size_t)q->n_cached * row;
-    q->swap_k = malloc((n ? n : 1) * sizeof(float));
-    q->swap_v = malloc((n ? n : 1) * sizeof(float));
+    size_t n = mg_kv_image_bytes(&e->pool, q->n_cached);
+    q->swap_k = malloc(n ? n : 1);
+    q->swap_v = malloc(n ? n : 1);
     if (!q->swap_k || !q->swap_v) return mg_error_set(MG_ERR_OOM, "cannot swap out request %d", q->id);
-    for (int l = 0; l < L; l++)
-        for (int p = 0; p < q->n_cached; p++) {
-            size_t o = ((size_t)l * q->n_cached + p) * row;
-            memcpy(q->swap_k + o, mg_kv_k_at(&e->pool, &q->seq, l, p), row * sizeof(float));
-            memcpy(q->swap_v + o, mg_kv_v_at(&e->pool, &q->seq, l, p), row * sizeof(float));
-        }
+    mg_status st = mg_kv_seq_save(&e->pool, &q->seq, q->n_cached, q->swap_k, q->swap_v);
+    if (st != MG_OK) return st;
     mg_kv_seq_truncate(&e->pool, &q->seq, 0);
     q->state = REQ_SWAPPED;
     e->preemptions++;
@@ -338,14 +332,10 @@ static mg_status swap_out(mg_engine *e, mg_req *q) {
 /* Swaps q back in if the pool can hold its cached positions plus one. */
 static int swap_in(mg_engine *e, mg_req *q) {
     if (mg_kv_seq_reserve(&e->pool, &q->seq, q->n_cached + 1) != MG_OK) return 0;
-    const int L = e->model->config.n_layers;
-    const size_t row = (size_t)e->pool.n_kv_heads * e->pool.head_dim;
-    for (int l = 0; l < L; l++)
-        for (int p = 0; p < q->n_cached; p++) {
-            size_t o = ((size_t)l * q->n_cached + p) * row;
-            memcpy(mg_kv_k_at(&e->pool, &q->seq, l, p), q->swap_k + o, row * sizeof(float));
-            memcpy(mg_kv_v_at(&e->pool, &q->seq, l, p), q->swap_v + o, row * sizeof(float));
-        }
+    if (mg_kv_seq_load(&e->pool, &q->seq, q->n_cached, q->swap_k, q->swap_v) != MG_OK) {
+        mg_kv_seq_truncate(&e->pool, &q->seq, 0);
+        return 0;
+    }
     free(q->swap_k);
     free(q->swap_v);
     q->swap_k = q->swap_v = NULL;

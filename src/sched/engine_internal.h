@@ -23,8 +23,8 @@ typedef struct {
     int fast_done;     /* LLM-42: the fast path hit a stop token or the length limit */
     mg_req_state state;
     mg_kv_seq seq;
-    float *swap_k;     /* (n_layers, n_cached, n_kv_heads * head_dim) while swapped */
-    float *swap_v;     /* same */
+    void *swap_k;      /* host image of the K of positions [0, n_cached) while swapped (mg_kv_seq_save) */
+    void *swap_v;      /* same for V */
     long decode_steps;
     long admit_order;
     mg_finish finish;

@@ -22,12 +22,13 @@
 #define ATTN_CHUNK 256
 #define FAST_SPLIT_MIN_LEN 512
 
-void mg_cpu_kv_store(mg_kv_pool *pool, int layer, const float *k, const float *v, const mg_attn_rows *rows) {
+mg_status mg_cpu_kv_store(mg_kv_pool *pool, int layer, const float *k, const float *v, const mg_attn_rows *rows) {
     size_t row = (size_t)pool->n_kv_heads * (size_t)pool->head_dim;
     for (int i = 0; i < rows->n_rows; i++) {
         memcpy(mg_kv_k_at(pool, rows->seqs[i], layer, rows->positions[i]), k + (size_t)i * row, row * sizeof(float));
         memcpy(mg_kv_v_at(pool, rows->seqs[i], layer, rows->positions[i]), v + (size_t)i * row, row * sizeof(float));
     }
+    return MG_OK;
 }
 
 typedef struct {
@@ -98,13 +99,16 @@ static int chunk_len(int len, int nc, mg_kernels kernels) {
     return kernels == MG_KERNELS_INVARIANT ? ATTN_CHUNK : (len + nc - 1) / nc;
 }
 
-void mg_cpu_attention(float *out, const float *q, const mg_kv_pool *pool, int layer, const mg_attn_rows *rows,
-                      int n_heads, mg_kernels kernels, int round_bf16) {
+mg_status mg_cpu_attention(void *out_, const void *q_, const mg_kv_pool *pool, int layer, const mg_attn_rows *rows,
+                           int n_heads, mg_kernels kernels, int round_bf16) {
+    float *out = out_;
+    const float *q = q_;
     const int hd = pool->head_dim;
     const int group = n_heads / pool->n_kv_heads;
     const int n = rows->n_rows;
     /* Work items are (row, head, chunk); first[i] is row i's first chunk. */
     int *first = malloc(((size_t)n + 1) * sizeof(int));
+    if (!first) return mg_error_set(MG_ERR_OOM, "cannot allocate attention work items");
     int max_len = 1;
     first[0] = 0;
     for (int i = 0; i < n; i++) {
@@ -115,6 +119,12 @@ void mg_cpu_attention(float *out, const float *q, const mg_kv_pool *pool, int la
     const int total_chunks = first[n]; /* per head */
     attn_partial *parts = malloc((size_t)total_chunks * n_heads * sizeof(attn_partial)); /* (chunks, n_heads) */
     float *part_out = malloc((size_t)total_chunks * n_heads * hd * sizeof(float)); /* (chunks, n_heads, hd) */
+    if (!parts || !part_out) {
+        free(first);
+        free(parts);
+        free(part_out);
+        return mg_error_set(MG_ERR_OOM, "cannot allocate attention partials");
+    }
 #pragma omp parallel
     {
         float *scores = malloc((size_t)max_len * sizeof(float));
@@ -145,4 +155,5 @@ void mg_cpu_attention(float *out, const float *q, const mg_kv_pool *pool, int la
     free(first);
     free(parts);
     free(part_out);
+    return MG_OK;
 }

@@ -9,10 +9,11 @@
 
 static inline float maybe_round(float v, int round_bf16) { return round_bf16 ? mg_round_bf16(v) : v; }
 
-void mg_cpu_embed(float *out, const mg_matrix *table, const int32_t *tokens, int n) {
+mg_status mg_cpu_embed(void *out_, const mg_matrix *table, const mg_attn_rows *rows, int round_bf16) {
+    float *out = out_;
     const size_t dim = (size_t)table->cols;
-    for (int i = 0; i < n; i++) {
-        size_t row = (size_t)tokens[i] * dim;
+    for (int i = 0; i < rows->n_rows; i++) {
+        size_t row = (size_t)rows->tokens[i] * dim;
         float *o = out + (size_t)i * dim;
         if (table->dtype == MG_DTYPE_BF16) {
             const uint16_t *t = (const uint16_t *)table->data + row;
@@ -21,9 +22,13 @@ void mg_cpu_embed(float *out, const mg_matrix *table, const int32_t *tokens, int
             memcpy(o, (const float *)table->data + row, dim * sizeof(float));
         }
     }
+    return MG_OK;
 }
 
-void mg_cpu_rmsnorm(float *out, const float *in, const float *weight, int n, int dim, float eps, int round_bf16) {
+mg_status mg_cpu_rmsnorm(void *out_, const void *in_, const float *weight, int n, int dim, float eps,
+                         int round_bf16) {
+    float *out = out_;
+    const float *in = in_;
 #pragma omp parallel for schedule(static) if (n > 1)
     for (int i = 0; i < n; i++) {
         const float *x = in + (size_t)i * dim;
@@ -33,10 +38,11 @@ void mg_cpu_rmsnorm(float *out, const float *in, const float *weight, int n, int
         float inv = 1.0f / sqrtf(ss / (float)dim + eps);
         for (int c = 0; c < dim; c++) o[c] = maybe_round(weight[c] * maybe_round(x[c] * inv, round_bf16), round_bf16);
     }
+    return MG_OK;
 }
 
-void mg_cpu_rope(float *x, const int32_t *positions, int n, int n_heads, int head_dim, const float *inv_freq,
-                 int round_bf16) {
+mg_status mg_cpu_rope(float *x, const int32_t *positions, int n, int n_heads, int head_dim, const float *inv_freq,
+                      int round_bf16) {
     const int half = head_dim / 2;
 #pragma omp parallel for schedule(static) if (n > 1)
     for (int i = 0; i < n; i++) {
@@ -52,17 +58,24 @@ void mg_cpu_rope(float *x, const int32_t *positions, int n, int n_heads, int hea
             }
         }
     }
+    return MG_OK;
 }
 
-void mg_cpu_add(float *x, const float *y, size_t n, int round_bf16) {
+mg_status mg_cpu_add(void *x_, const void *y_, size_t n, int round_bf16) {
+    float *x = x_;
+    const float *y = y_;
     for (size_t i = 0; i < n; i++) x[i] = maybe_round(x[i] + y[i], round_bf16);
+    return MG_OK;
 }
 
-void mg_cpu_swiglu(float *out, const float *gate, const float *up, size_t n, int round_bf16) {
+mg_status mg_cpu_swiglu(void *out_, const void *gate_, const void *up_, size_t n, int round_bf16) {
+    float *out = out_;
+    const float *gate = gate_, *up = up_;
 #pragma omp parallel for schedule(static) if (n > 4096)
     for (size_t i = 0; i < n; i++) {
         float g = gate[i];
         float silu = maybe_round(g * (1.0f / (1.0f + expf(-g))), round_bf16);
         out[i] = maybe_round(silu * up[i], round_bf16);
     }
+    return MG_OK;
 }

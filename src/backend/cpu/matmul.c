@@ -131,9 +131,10 @@ static void run_kernel(const kernel *kn, float *out, const float *in, const mg_m
     }
 }
 
-void mg_cpu_matmul(float *out, const float *in, const mg_matrix *w, const float *bias, int n, mg_kernels kernels,
-                   int round_bf16) {
+mg_status mg_cpu_matmul(void *out, const void *in, const mg_matrix *w, const float *bias, int n, mg_kernels kernels,
+                        int round_bf16) {
     const kernel *kn = n < 4 ? &lanes16_row : &lanes16_tile;
     if (kernels == MG_KERNELS_FAST && n == 1) kn = &gemv_split2;
     run_kernel(kn, out, in, w, bias, n, round_bf16);
+    return MG_OK;
 }

@@ -1,0 +1,25 @@
+/* Backend selection by name, and the CUDA entry point of builds without
+ * CUDA (the CUDA backend itself is src/backend/cuda/, built with nvcc). */
+#include <string.h>
+
+#include "backend.h"
+
+#ifndef MG_HAVE_CUDA
+const mg_backend_ops *mg_backend_cuda(void) {
+    mg_error_set(MG_ERR_UNSUPPORTED, "this build of margingate has no CUDA backend (nvcc was not found, or CUDA=0)");
+    return NULL;
+}
+#endif
+
+const mg_backend_ops *mg_backend_by_name(const char *name) {
+    if (!name || !strcmp(name, "auto")) {
+        const mg_backend_ops *cuda = mg_backend_cuda();
+        if (cuda) return cuda;
+        mg_error_clear();
+        return mg_backend_cpu();
+    }
+    if (!strcmp(name, "cpu")) return mg_backend_cpu();
+    if (!strcmp(name, "cuda")) return mg_backend_cuda();
+    mg_error_set(MG_ERR_ARG, "unknown device '%s' (expected cpu, cuda or auto)", name);
+    return NULL;
+}
