@@ -19,9 +19,34 @@ TEST_SRC := $(sort $(wildcard tests/test_*.c))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+TOOL_BIN := $(BUILD)/cuda_bench
+
+# ---- CUDA backend (src/backend/cuda) ---------------------------------------
+# CUDA=1 builds it (an error without nvcc), CUDA=0 skips it, unset: built when
+# nvcc is found (on the PATH or in /usr/local/cuda/bin). The CPU-only build
+# has no CUDA dependency. Targets: sm_90 machine code (H100/H200) plus
+# compute_80 PTX that the driver compiles for other GPUs (sm_80+); override
+# with CUDA_ARCH. --fmad=false keeps a*b+c as two roundings unless a kernel
+# asks for fmaf, as the CPU reference is compiled (-ffp-contract=off).
+NVCC ?= $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc))
+ifeq ($(origin CUDA),undefined)
+CUDA := $(if $(NVCC),1,0)
+endif
+ifeq ($(CUDA),1)
+ifeq ($(NVCC),)
+$(error CUDA=1 but nvcc was not found (set NVCC=/path/to/nvcc))
+endif
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+CUDA_ARCH ?= -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=compute_80
+NVCCFLAGS ?= -O3 -std=c++17 --fmad=false $(CUDA_ARCH) -Xcompiler -Wall,-Wextra,-Wno-unused-parameter -Iinclude -Isrc
+CU_SRC   := $(sort $(wildcard src/backend/cuda/*.cu))
+LIB_OBJ  += $(CU_SRC:%.cu=$(BUILD)/%.o)
+CFLAGS   += -DMG_HAVE_CUDA
+LDLIBS   += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart_static -ldl -lrt -lpthread -lstdc++
+endif
 
 .PHONY: all test asan clean deps FORCE
-all: $(BUILD)/margingate
+all: $(BUILD)/margingate $(TOOL_BIN)
 
 $(BUILD)/libmargingate.a: $(LIB_OBJ)
 	@mkdir -p $(dir $@)
@@ -33,6 +58,20 @@ $(BUILD)/margingate: $(CLI_OBJ) $(BUILD)/libmargingate.a
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
+
+# Objects that depend on whether the CUDA backend is in: rebuilt when CUDA
+# changes between two builds in one BUILD directory.
+$(BUILD)/cuda.stamp: FORCE
+	@mkdir -p $(dir $@)
+	@echo $(CUDA) | cmp -s - $@ || echo $(CUDA) > $@
+$(BUILD)/src/backend/backend.o: $(BUILD)/cuda.stamp
+
+$(BUILD)/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -MMD -MP -c -o $@ $<
+
+$(BUILD)/cuda_bench: tools/cuda_bench.c $(BUILD)/libmargingate.a
+	$(CC) $(CFLAGS) -MMD -MP -o $@ $< $(BUILD)/libmargingate.a $(LDLIBS)
 
 $(BUILD)/tests/%: tests/%.c $(BUILD)/libmargingate.a
 	@mkdir -p $(dir $@)
@@ -49,20 +88,20 @@ SANITIZED_BIN := $(BAD_INPUT_TESTS:%=build-asan/tests/%)
 endif
 
 $(SANITIZED_BIN): FORCE
-	@$(MAKE) --no-print-directory BUILD=build-asan OPT="$(ASAN_OPT)" SANFLAGS="$(ASAN_FLAGS)" $@
+	@$(MAKE) --no-print-directory BUILD=build-asan OPT="$(ASAN_OPT)" SANFLAGS="$(ASAN_FLAGS)" CUDA=0 $@
 
 # Runs every test binary; Criterion prints its own summary per binary and
 # tools/run-tests.sh prints the overall "N passed, N failed" line.
-test: $(BUILD)/margingate $(TEST_BIN) $(SANITIZED_BIN)
+test: $(BUILD)/margingate $(TOOL_BIN) $(TEST_BIN) $(SANITIZED_BIN)
 	@BUILD=$(BUILD) sh tools/run-tests.sh $(TEST_BIN) $(SANITIZED_BIN)
 
 # The whole suite under AddressSanitizer + UBSan.
 asan:
-	$(MAKE) test BUILD=build-asan OPT="$(ASAN_OPT)" SANFLAGS="$(ASAN_FLAGS)"
+	$(MAKE) test BUILD=build-asan OPT="$(ASAN_OPT)" SANFLAGS="$(ASAN_FLAGS)" CUDA=0
 
 FORCE:
 
 clean:
 	rm -rf build build-asan
 
--include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_BIN:=.d)
+-include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_BIN:=.d) $(TOOL_BIN:=.d)

@@ -1,0 +1,276 @@
+/* CUDA causal GQA attention over the paged KV cache, for prefill and
+ * decode rows alike (one code path, so a query row computes the same bits
+ * whether it comes from a prefill chunk or a decode step).
+ *
+ * Structure (the CPU reference's, src/backend/cpu/attention.c): a row's KV
+ * range [0, pos] is cut into chunks; each chunk gives a softmax-normalised
+ * partial (max, exp-sum, output) and the partials are merged left to right.
+ * - INVARIANT: chunks of MG_ATTN_CHUNK (256) positions: the reduction order
+ *   depends only on the KV length.
+ * - FAST: the chunk length is chosen per call (rows_prepare), finer when the
+ *   batch is too small to fill the GPU (split-KV as flash-decoding does), a
+ *   split that depends on the batch.
+ *
+ * attn_partial_kernel: one block per (query group, chunk) item and KV head.
+ * A query group is up to MG_ATTN_QG consecutive rows of one sequence; the
+ * block holds the q vectors of all its rows and of all query heads of the
+ * KV head (GQA), so each K/V tile is read once for all of them. Per vector:
+ *   scores: lane l of a warp takes key l of each 32-key tile, a sequential
+ *     FMA chain over head_dim, times 1/sqrt(head_dim);
+ *   softmax: chunk max; exp(s - max); per-lane sums in key order, then a
+ *     fixed xor tree; a_t = exp_t / sum;
+ *   output: per dim, a sequential FMA chain over the chunk's keys.
+ * None of it depends on which other vectors share the block, so the result
+ * of a row is the same in any batch (for a fixed chunk length).
+ * attn_merge_kernel: one warp per (row, head), the CPU's merge formulas. */
+#include <math.h>
+
+#include "cuda_common.cuh"
+
+#define ATTN_WARPS 4
+#define ATTN_TILE 32
+
+typedef struct {
+    int n_heads, n_kv_heads, hd, group; /* group = n_heads / n_kv_heads */
+    int layer, block_size, n_blocks;
+    int max_vec; /* MG_ATTN_QG * group */
+    float scale;
+} attn_params;
+
+/* Loads 8 consecutive cache values (16-byte aligned) as FP32. */
+static __device__ __forceinline__ void load8(const bf16 *p, float *out) {
+    const uint4 u = *(const uint4 *)p;
+    const __nv_bfloat162 *h = (const __nv_bfloat162 *)&u;
+    for (int i = 0; i < 4; i++) {
+        float2 f = __bfloat1622float2(h[i]);
+        out[2 * i] = f.x;
+        out[2 * i + 1] = f.y;
+    }
+}
+
+static __device__ __forceinline__ void load8(const float *p, float *out) {
+    const float4 a = *(const float4 *)p, b = *(const float4 *)(p + 4);
+    out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w;
+    out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
+}
+
+/* Copies keys [tb, tb + nt) of KV head kvh into tile (nt, hd + 1) as FP32. */
+template <typename KV>
+static __device__ void load_tile(float *tile, const KV *cache, const int32_t *btr, int tb, int nt, int kvh,
+                                 const attn_params &p) {
+    const int hd = p.hd, ldt = hd + 1, per_key = hd / 8;
+    const size_t kvd = (size_t)p.n_kv_heads * hd;
+    for (int idx = threadIdx.x; idx < nt * per_key; idx += blockDim.x) {
+        const int j = idx / per_key, d = (idx % per_key) * 8, key = tb + j;
+        const size_t row = ((size_t)p.layer * p.n_blocks + btr[key / p.block_size]) * p.block_size +
+                           key % p.block_size;
+        float v[8];
+        load8(cache + row * kvd + (size_t)kvh * hd + d, v);
+        for (int e = 0; e < 8; e++) tile[j * ldt + d + e] = v[e];
+    }
+}
+
+template <typename T, typename KV>
+__global__ void __launch_bounds__(ATTN_WARPS * 32)
+    attn_partial_kernel(const T *q, const KV *kc, const KV *vc, attn_params p, const int32_t *positions,
+                        const int32_t *bt_off, const int32_t *bt, const int32_t *groups, const int32_t *items,
+                        const int32_t *part_base, float2 *part_ms, float *part_out) {
+    extern __shared__ float smem[];
+    const int hd = p.hd, ldt = hd + 1, mv = p.max_vec;
+    const int kvh = blockIdx.y, gi = items[2 * blockIdx.x], chunk = items[2 * blockIdx.x + 1];
+    const int r0 = groups[3 * gi], r1 = groups[3 * gi + 1], cl = groups[3 * gi + 2];
+    const int nv = (r1 - r0) * p.group;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    float *qs = smem;                        /* (mv, hd): q, then the output accumulators */
+    float *sc = qs + (size_t)mv * hd;        /* (mv, MG_ATTN_CHUNK): scores, then weights a_t */
+    float *tile = sc + (size_t)mv * MG_ATTN_CHUNK; /* (ATTN_TILE, hd + 1) */
+    float *vsum = tile + ATTN_TILE * ldt;    /* (mv) */
+    float *vmax = vsum + mv;                 /* (mv) */
+    int *vlen = (int *)(vmax + mv);          /* (mv) keys of the chunk the vector attends to */
+
+    const int t0 = chunk * cl;
+    int maxlen = 0;
+    for (int r = r0; r < r1; r++) maxlen = max(maxlen, positions[r] + 1);
+    const int tend = min(t0 + cl, maxlen);
+    for (int v = threadIdx.x; v < nv; v += blockDim.x) {
+        const int len = positions[r0 + v / p.group] + 1;
+        vlen[v] = min(t0 + cl, len) - t0;
+    }
+    for (int idx = threadIdx.x; idx < nv * hd; idx += blockDim.x) {
+        const int v = idx / hd, d = idx % hd;
+        const int row = r0 + v / p.group, qh = kvh * p.group + v % p.group;
+        qs[idx] = to_f(q[((size_t)row * p.n_heads + qh) * hd + d]);
+    }
+    __syncthreads();
+    const int32_t *btr = bt + bt_off[r0];
+
+    /* Scores. */
+    for (int tb = t0; tb < tend; tb += ATTN_TILE) {
+        const int nt = min(ATTN_TILE, tend - tb);
+        load_tile(tile, kc, btr, tb, nt, kvh, p);
+        __syncthreads();
+        for (int v = warp; v < nv; v += ATTN_WARPS) {
+            const int t = tb - t0 + lane;
+            if (lane < nt && t < vlen[v]) {
+                const float *qv = qs + (size_t)v * hd, *kt = tile + lane * ldt;
+                float s = 0.0f;
+                for (int d = 0; d < hd; d++) s = fmaf(qv[d], kt[d], s);
+                sc[(size_t)v * MG_ATTN_CHUNK + t] = s * p.scale;
+            }
+        }
+        __syncthreads();
+    }
+
+    /* Softmax over the chunk. */
+    for (int v = warp; v < nv; v += ATTN_WARPS) {
+        const int n = vlen[v];
+        if (n <= 0) continue;
+        float *s = sc + (size_t)v * MG_ATTN_CHUNK;
+        float m = -INFINITY;
+        for (int t = lane; t < n; t += 32) m = fmaxf(m, s[t]);
+        for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+        float sum = 0.0f;
+        for (int t = lane; t < n; t += 32) {
+            const float e = expf(s[t] - m);
+            s[t] = e;
+            sum += e;
+        }
+        for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+        sum = __shfl_sync(0xffffffffu, sum, 0); /* lane 0's association, for every lane */
+        for (int t = lane; t < n; t += 32) s[t] = s[t] / sum;
+        if (lane == 0) {
+            vmax[v] = m;
+            vsum[v] = sum;
+        }
+    }
+    for (int idx = threadIdx.x; idx < nv * hd; idx += blockDim.x) qs[idx] = 0.0f;
+    __syncthreads();
+
+    /* Output: sum_t a_t v_t, keys in order. */
+    for (int tb = t0; tb < tend; tb += ATTN_TILE) {
+        const int nt = min(ATTN_TILE, tend - tb);
+        load_tile(tile, vc, btr, tb, nt, kvh, p);
+        __syncthreads();
+        for (int v = warp; v < nv; v += ATTN_WARPS) {
+            const int nn = min(nt, vlen[v] - (tb - t0));
+            if (nn <= 0) continue;
+            const float *a = sc + (size_t)v * MG_ATTN_CHUNK + (tb - t0);
+            for (int d = lane; d < hd; d += 32) {
+                float acc = qs[(size_t)v * hd + d];
+                for (int j = 0; j < nn; j++) acc = fmaf(a[j], tile[j * ldt + d], acc);
+                qs[(size_t)v * hd + d] = acc;
+            }
+        }
+        __syncthreads();
+    }
+
+    /* Partials of the rows that have this chunk. */
+    for (int idx = threadIdx.x; idx < nv * hd; idx += blockDim.x) {
+        const int v = idx / hd, d = idx % hd;
+        if (vlen[v] <= 0) continue;
+        const int row = r0 + v / p.group, qh = kvh * p.group + v % p.group;
+        const size_t pidx = (size_t)part_base[row] + chunk;
+        part_out[(pidx * p.n_heads + qh) * hd + d] = qs[idx];
+    }
+    for (int v = threadIdx.x; v < nv; v += blockDim.x) {
+        if (vlen[v] <= 0) continue;
+        const int row = r0 + v / p.group, qh = kvh * p.group + v % p.group;
+        const size_t pidx = (size_t)part_base[row] + chunk;
+        part_ms[pidx * p.n_heads + qh] = make_float2(vmax[v], vsum[v]);
+    }
+}
+
+template <typename T>
+__global__ void attn_merge_kernel(T *out, const float2 *part_ms, const float *part_out, const int32_t *n_chunks,
+                                  const int32_t *part_base, int n_rows, int n_heads, int hd) {
+    const int gw = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (gw >= n_rows * n_heads) return;
+    const int row = gw / n_heads, h = gw % n_heads;
+    const int nc = n_chunks[row];
+    const size_t base = (size_t)part_base[row];
+    T *o = out + ((size_t)row * n_heads + h) * hd;
+    for (int d = lane; d < hd; d += 32) {
+        const float *po = part_out + (base * n_heads + h) * hd + d;
+        if (nc == 1) {
+            o[d] = from_f<T>(po[0]);
+            continue;
+        }
+        float2 ms = part_ms[base * n_heads + h];
+        float m = ms.x, s = ms.y, acc = po[0] * s;
+        for (int c = 1; c < nc; c++) {
+            const float2 mc = part_ms[(base + c) * n_heads + h];
+            const float m2 = fmaxf(m, mc.x);
+            const float a = expf(m - m2), b = expf(mc.x - m2);
+            const float wb = mc.y * b;
+            acc = acc * a + po[(size_t)c * n_heads * hd] * wb;
+            s = s * a + wb;
+            m = m2;
+        }
+        o[d] = from_f<T>(acc / s);
+    }
+}
+
+static size_t smem_bytes(int max_vec, int hd) {
+    return ((size_t)max_vec * hd + (size_t)max_vec * MG_ATTN_CHUNK + (size_t)ATTN_TILE * (hd + 1) +
+            3 * (size_t)max_vec) * sizeof(float);
+}
+
+template <typename T, typename KV>
+static mg_status launch(void *out, const void *q, const mg_kv_pool *pool, const mg_cuda_rows *r,
+                        const mg_cuda_attn_work *w, const attn_params &p, float2 *ms, float *po, int n_rows) {
+    static size_t opted = 48 * 1024;
+    const size_t smem = smem_bytes(p.max_vec, p.hd);
+    if (smem > opted) {
+        if (smem > mg_cuda.smem_optin)
+            return mg_error_set(MG_ERR_UNSUPPORTED, "attention needs %zu bytes of shared memory (GQA group %d)", smem,
+                                p.group);
+        MG_CUDA_TRY(cudaFuncSetAttribute(attn_partial_kernel<T, KV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int)smem));
+        opted = smem;
+    }
+    if (w->n_items > 0) {
+        dim3 grid((unsigned)w->n_items, (unsigned)p.n_kv_heads);
+        attn_partial_kernel<T, KV><<<grid, ATTN_WARPS * 32, smem, mg_cuda.stream>>>(
+            (const T *)q, (const KV *)pool->k, (const KV *)pool->v, p, r->positions, r->bt_off, r->bt, w->groups,
+            w->items, w->part_base, ms, po);
+        MG_CUDA_LAUNCHED("attn_partial");
+    }
+    const int warps = n_rows * p.n_heads;
+    attn_merge_kernel<T><<<mg_div_up(warps, 4), 128, 0, mg_cuda.stream>>>((T *)out, ms, po, w->n_chunks,
+                                                                          w->part_base, n_rows, p.n_heads, p.hd);
+    MG_CUDA_LAUNCHED("attn_merge");
+    return MG_OK;
+}
+
+mg_status mg_cuda_attention(void *out, const void *q, const mg_kv_pool *pool, int layer, const mg_attn_rows *rows,
+                            int n_heads, mg_kernels kernels, int round_bf16) {
+    const mg_cuda_rows *r = (const mg_cuda_rows *)rows->dev;
+    if (!r) return mg_error_set(MG_ERR_ARG, "attention: rows_prepare was not called");
+    const int n = rows->n_rows, hd = pool->head_dim;
+    if (n == 0) return MG_OK;
+    if (hd % 8 != 0 || n_heads % pool->n_kv_heads != 0)
+        return mg_error_set(MG_ERR_UNSUPPORTED, "attention: head_dim %d (must be a multiple of 8), %d heads over %d",
+                            hd, n_heads, pool->n_kv_heads);
+    const mg_cuda_attn_work *w = &r->work[kernels == MG_KERNELS_INVARIANT ? 1 : 0];
+    attn_params p;
+    p.n_heads = n_heads;
+    p.n_kv_heads = pool->n_kv_heads;
+    p.hd = hd;
+    p.group = n_heads / pool->n_kv_heads;
+    p.layer = layer;
+    p.block_size = pool->block_size;
+    p.n_blocks = pool->n_blocks;
+    p.max_vec = MG_ATTN_QG * p.group;
+    p.scale = 1.0f / sqrtf((float)hd);
+    /* Partials: (m, s) pairs first (8-byte aligned), then the outputs. */
+    const size_t n_ms = (size_t)w->n_parts * n_heads;
+    void *scratch;
+    MG_TRY(mg_cuda_scratch(MG_SCRATCH_ATTN, n_ms * sizeof(float2) + n_ms * hd * sizeof(float), &scratch));
+    float2 *ms = (float2 *)scratch;
+    float *po = (float *)(ms + n_ms);
+    const int kv_bf16 = pool->dtype == MG_DTYPE_BF16;
+    if (round_bf16 && kv_bf16) return launch<bf16, bf16>(out, q, pool, r, w, p, ms, po, n);
+    if (round_bf16) return launch<bf16, float>(out, q, pool, r, w, p, ms, po, n);
+    if (kv_bf16) return launch<float, bf16>(out, q, pool, r, w, p, ms, po, n);
+    return launch<float, float>(out, q, pool, r, w, p, ms, po, n);
+}

@@ -1,0 +1,479 @@
+/* The CUDA backend's op table: context, memory, activation transfer,
+ * weights upload and rows metadata. The compute ops live one family per
+ * file (embed_norm.cu, rope.cu, attention.cu, matmul*.cu, argmax.cu).
+ *
+ * Everything runs on one non-blocking stream in issue order. Uploads from
+ * pageable host memory return once the source has been staged, so the
+ * caller may reuse its buffer at once; downloads wait for the stream. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_common.cuh"
+
+extern "C" {
+#include "../../util/bf16.h"
+}
+
+mg_cuda_ctx mg_cuda;
+
+mg_status mg_cuda_fail(cudaError_t err, const char *what, const char *file, int line) {
+    /* Clear a sticky launch error so the next call reports its own. */
+    (void)cudaGetLastError();
+    return mg_error_set(err == cudaErrorMemoryAllocation ? MG_ERR_OOM : MG_ERR_BACKEND,
+                        "CUDA error %s (%s) in %s at %s:%d", cudaGetErrorName(err), cudaGetErrorString(err), what,
+                        file, line);
+}
+
+/* ---- scratch -------------------------------------------------------------- */
+
+static struct {
+    void *p;
+    size_t bytes;
+} scratch[MG_SCRATCH_COUNT];
+
+mg_status mg_cuda_scratch(int slot, size_t bytes, void **out) {
+    if (bytes > scratch[slot].bytes) {
+        MG_CUDA_TRY(cudaStreamSynchronize(mg_cuda.stream));
+        if (scratch[slot].p) MG_CUDA_TRY(cudaFree(scratch[slot].p));
+        scratch[slot].p = NULL;
+        scratch[slot].bytes = 0;
+        size_t grown = bytes + bytes / 4;
+        MG_CUDA_TRY(cudaMalloc(&scratch[slot].p, grown));
+        scratch[slot].bytes = grown;
+    }
+    *out = scratch[slot].p;
+    return MG_OK;
+}
+
+/* ---- memory ------------------------------------------------------------- */
+
+static mg_status cuda_alloc(void **out, size_t bytes) {
+    *out = NULL;
+    void *p;
+    cudaError_t e = cudaMalloc(&p, bytes ? bytes : 256);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        size_t free_b = 0, total_b = 0;
+        cudaMemGetInfo(&free_b, &total_b);
+        return mg_error_set(MG_ERR_OOM, "cannot allocate %zu bytes of GPU memory (%zu of %zu free): %s", bytes,
+                            free_b, total_b, cudaGetErrorString(e));
+    }
+    e = cudaMemsetAsync(p, 0, bytes ? bytes : 256, mg_cuda.stream);
+    if (e != cudaSuccess) {
+        cudaFree(p);
+        return mg_cuda_fail(e, "cudaMemsetAsync", __FILE__, __LINE__);
+    }
+    *out = p;
+    return MG_OK;
+}
+
+static void cuda_free(void *p) {
+    if (!p) return;
+    cudaStreamSynchronize(mg_cuda.stream);
+    cudaFree(p);
+}
+
+static mg_status cuda_upload(void *dst, const void *src, size_t bytes) {
+    if (bytes) MG_CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, mg_cuda.stream));
+    return MG_OK;
+}
+
+static mg_status cuda_download(void *dst, const void *src, size_t bytes) {
+    if (bytes) MG_CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, mg_cuda.stream));
+    MG_CUDA_TRY(cudaStreamSynchronize(mg_cuda.stream));
+    return MG_OK;
+}
+
+static mg_status cuda_copy(void *dst, const void *src, size_t bytes) {
+    if (bytes) MG_CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, mg_cuda.stream));
+    return MG_OK;
+}
+
+static mg_status cuda_zero(void *dst, size_t bytes) {
+    if (bytes) MG_CUDA_TRY(cudaMemsetAsync(dst, 0, bytes, mg_cuda.stream));
+    return MG_OK;
+}
+
+static mg_status cuda_sync(void) {
+    MG_CUDA_TRY(cudaStreamSynchronize(mg_cuda.stream));
+    return MG_OK;
+}
+
+static size_t cuda_act_size(int round_bf16) { return round_bf16 ? 2 : 4; }
+
+static mg_status cuda_act_upload(void *dst, const float *src, size_t n, int round_bf16) {
+    if (!round_bf16) return cuda_upload(dst, src, n * sizeof(float));
+    uint16_t *tmp = (uint16_t *)malloc((n ? n : 1) * sizeof(uint16_t));
+    if (!tmp) return mg_error_set(MG_ERR_OOM, "cannot stage %zu activation values", n);
+    for (size_t i = 0; i < n; i++) tmp[i] = mg_f32_to_bf16(src[i]);
+    mg_status st = cuda_upload(dst, tmp, n * sizeof(uint16_t));
+    free(tmp);
+    return st;
+}
+
+static mg_status cuda_act_download(float *dst, const void *src, size_t n, int round_bf16) {
+    if (!round_bf16) return cuda_download(dst, src, n * sizeof(float));
+    uint16_t *tmp = (uint16_t *)malloc((n ? n : 1) * sizeof(uint16_t));
+    if (!tmp) return mg_error_set(MG_ERR_OOM, "cannot stage %zu activation values", n);
+    mg_status st = cuda_download(tmp, src, n * sizeof(uint16_t));
+    for (size_t i = 0; st == MG_OK && i < n; i++) dst[i] = mg_bf16_to_f32(tmp[i]);
+    free(tmp);
+    return st;
+}
+
+/* ---- weights ------------------------------------------------------------- */
+
+/* One uploaded model: a device mirror of its mg_weights, the device
+ * allocations behind it, and a reference count. */
+typedef struct {
+    const mg_model *model;
+    int refs;
+    mg_weights w;
+    mg_layer_weights *layers;
+    void **allocs;
+    int n_allocs, cap_allocs;
+} weights_entry;
+
+#define MAX_MODELS 8
+static weights_entry models[MAX_MODELS];
+
+static void entry_free(weights_entry *e) {
+    cudaStreamSynchronize(mg_cuda.stream);
+    for (int i = 0; i < e->n_allocs; i++) cudaFree(e->allocs[i]);
+    free(e->allocs);
+    free(e->layers);
+    memset(e, 0, sizeof *e);
+}
+
+/* Copies `bytes` of host data to a new device buffer owned by e. */
+static mg_status upload_new(weights_entry *e, const void *src, size_t bytes, void **out) {
+    *out = NULL;
+    if (!src) return MG_OK;
+    if (e->n_allocs == e->cap_allocs) {
+        int cap = e->cap_allocs ? 2 * e->cap_allocs : 64;
+        void **a = (void **)realloc(e->allocs, (size_t)cap * sizeof(void *));
+        if (!a) return mg_error_set(MG_ERR_OOM, "cannot grow the weight table");
+        e->allocs = a;
+        e->cap_allocs = cap;
+    }
+    void *p;
+    cudaError_t err = cudaMalloc(&p, bytes);
+    if (err != cudaSuccess) {
+        (void)cudaGetLastError();
+        size_t free_b = 0, total_b = 0;
+        cudaMemGetInfo(&free_b, &total_b);
+        return mg_error_set(MG_ERR_OOM, "cannot allocate %zu bytes of GPU memory for weights (%zu of %zu free)",
+                            bytes, free_b, total_b);
+    }
+    e->allocs[e->n_allocs++] = p;
+    /* Synchronous copy: the host data may be an mmap that is unmapped later. */
+    MG_CUDA_TRY(cudaMemcpy(p, src, bytes, cudaMemcpyHostToDevice));
+    *out = p;
+    return MG_OK;
+}
+
+static size_t matrix_bytes(const mg_matrix *m) {
+    return (size_t)m->rows * (size_t)m->cols * (m->dtype == MG_DTYPE_BF16 ? 2 : 4);
+}
+
+static mg_status upload_matrix(weights_entry *e, const mg_matrix *src, mg_matrix *dst) {
+    *dst = *src;
+    void *p;
+    MG_TRY(upload_new(e, src->data, matrix_bytes(src), &p));
+    dst->data = p;
+    return MG_OK;
+}
+
+static mg_status upload_vec(weights_entry *e, const float *src, size_t n, const float **dst) {
+    void *p;
+    MG_TRY(upload_new(e, src, n * sizeof(float), &p));
+    *dst = (const float *)p;
+    return MG_OK;
+}
+
+static mg_status upload_model(weights_entry *e, const mg_model *model) {
+    const mg_config *c = &model->config;
+    const mg_weights *w = &model->weights;
+    const size_t qd = (size_t)c->n_heads * c->head_dim, kvd = (size_t)c->n_kv_heads * c->head_dim;
+    e->layers = (mg_layer_weights *)calloc((size_t)c->n_layers, sizeof(mg_layer_weights));
+    if (!e->layers) return mg_error_set(MG_ERR_OOM, "cannot allocate the layer table");
+    e->w.layers = e->layers;
+    MG_TRY(upload_matrix(e, &w->tok_embed, &e->w.tok_embed));
+    if (w->lm_head.data == w->tok_embed.data)
+        e->w.lm_head = e->w.tok_embed; /* tied: one copy */
+    else
+        MG_TRY(upload_matrix(e, &w->lm_head, &e->w.lm_head));
+    MG_TRY(upload_vec(e, w->final_norm, (size_t)c->dim, &e->w.final_norm));
+    for (int l = 0; l < c->n_layers; l++) {
+        const mg_layer_weights *s = &w->layers[l];
+        mg_layer_weights *d = &e->layers[l];
+        MG_TRY(upload_vec(e, s->attn_norm, (size_t)c->dim, &d->attn_norm));
+        MG_TRY(upload_vec(e, s->mlp_norm, (size_t)c->dim, &d->mlp_norm));
+        MG_TRY(upload_matrix(e, &s->wq, &d->wq));
+        MG_TRY(upload_matrix(e, &s->wk, &d->wk));
+        MG_TRY(upload_matrix(e, &s->wv, &d->wv));
+        MG_TRY(upload_matrix(e, &s->wo, &d->wo));
+        MG_TRY(upload_matrix(e, &s->w_gate, &d->w_gate));
+        MG_TRY(upload_matrix(e, &s->w_up, &d->w_up));
+        MG_TRY(upload_matrix(e, &s->w_down, &d->w_down));
+        MG_TRY(upload_vec(e, s->bq, qd, &d->bq));
+        MG_TRY(upload_vec(e, s->bk, kvd, &d->bk));
+        MG_TRY(upload_vec(e, s->bv, kvd, &d->bv));
+        MG_TRY(upload_vec(e, s->bo, (size_t)c->dim, &d->bo));
+    }
+    return MG_OK;
+}
+
+static mg_status cuda_weights_acquire(const mg_weights **out, const mg_model *model) {
+    *out = NULL;
+    for (int i = 0; i < MAX_MODELS; i++)
+        if (models[i].model == model) {
+            models[i].refs++;
+            *out = &models[i].w;
+            return MG_OK;
+        }
+    for (int i = 0; i < MAX_MODELS; i++) {
+        if (models[i].model) continue;
+        weights_entry *e = &models[i];
+        mg_status st = upload_model(e, model);
+        /* cudaMemcpy from pageable memory may return before its DMA lands,
+         * on the legacy stream, which our non-blocking stream does not wait
+         * for: finish it before any kernel reads the weights. */
+        if (st == MG_OK) {
+            cudaError_t err = cudaDeviceSynchronize();
+            if (err != cudaSuccess) st = mg_cuda_fail(err, "cudaDeviceSynchronize", __FILE__, __LINE__);
+        }
+        if (st != MG_OK) {
+            entry_free(e);
+            return st;
+        }
+        e->model = model;
+        e->refs = 1;
+        *out = &e->w;
+        return MG_OK;
+    }
+    return mg_error_set(MG_ERR_FULL, "more than %d models on the GPU at once", MAX_MODELS);
+}
+
+static void cuda_weights_release(const mg_model *model) {
+    for (int i = 0; i < MAX_MODELS; i++)
+        if (models[i].model == model && --models[i].refs == 0) entry_free(&models[i]);
+}
+
+/* ---- rows ------------------------------------------------------------------ */
+
+static mg_cuda_rows rows_dev;
+static int32_t *rows_host;  /* staging for the packed metadata */
+static size_t rows_host_cap; /* int32 entries */
+static int32_t *rows_buf;   /* device copy */
+static size_t rows_buf_cap;
+
+/* Fast-path chunk length for a group whose longest row has `len`
+ * positions, in a batch of `n_groups` groups: at most MG_ATTN_CHUNK, and
+ * split finer when the batch is too small to fill the GPU (flash-decoding
+ * style, so the order depends on the batch, as production kernels do). */
+static int fast_chunk_len(int len, int n_groups) {
+    int split = (len + MG_ATTN_CHUNK - 1) / MG_ATTN_CHUNK;
+    /* Blocks = items x kv heads; assume 8 kv heads, aim for two waves. */
+    int occ = (2 * mg_cuda.n_sm + 8 * n_groups - 1) / (8 * n_groups);
+    int finest = (len + 31) / 32;
+    if (occ > finest) occ = finest;
+    if (occ > split) split = occ;
+    return (len + split - 1) / split;
+}
+
+static mg_status cuda_rows_prepare(mg_attn_rows *rows) {
+    const int n = rows->n_rows;
+    /* Layout (int32): tokens, positions, bt_off (n each), bt, then per mode:
+     * groups (3 per group), items (2 per item), n_chunks (n), part_base (n). */
+    size_t bt_total = 0;
+    int n_groups = 0, max_pos = 0;
+    for (int i = 0; i < n; i++) {
+        if (i == 0 || rows->seqs[i] != rows->seqs[i - 1]) bt_total += (size_t)rows->seqs[i]->n_blocks;
+        if (rows->positions[i] > max_pos) max_pos = rows->positions[i];
+    }
+    /* Groups: consecutive rows of one sequence, at most MG_ATTN_QG rows. */
+    for (int i = 0, in_group = 0; i < n; i++) {
+        if (i == 0 || rows->seqs[i] != rows->seqs[i - 1] || in_group == MG_ATTN_QG) {
+            n_groups++;
+            in_group = 0;
+        }
+        in_group++;
+    }
+    /* Items per mode: chunks of each group's longest row. */
+    size_t items_cap = 0;
+    for (int i = 0; i < n; i++) items_cap += (size_t)rows->positions[i] / 32 + 1; /* >= chunks of any mode */
+    size_t need = 3 * (size_t)n + bt_total + 2 * (3 * (size_t)n_groups + 2 * items_cap + 2 * (size_t)n);
+    if (need > rows_host_cap) {
+        free(rows_host);
+        rows_host = (int32_t *)malloc(need * sizeof(int32_t));
+        rows_host_cap = rows_host ? need : 0;
+        if (!rows_host) return mg_error_set(MG_ERR_OOM, "cannot stage row metadata");
+    }
+    int32_t *h = rows_host;
+    int32_t *tok = h, *pos = h + n, *bt_off = h + 2 * n, *bt = h + 3 * n;
+    size_t o = 0;
+    for (int i = 0; i < n; i++) {
+        tok[i] = rows->tokens ? rows->tokens[i] : 0;
+        pos[i] = rows->positions[i];
+        if (i == 0 || rows->seqs[i] != rows->seqs[i - 1]) {
+            memcpy(bt + o, rows->seqs[i]->blocks, (size_t)rows->seqs[i]->n_blocks * sizeof(int32_t));
+            bt_off[i] = (int32_t)o;
+            o += (size_t)rows->seqs[i]->n_blocks;
+        } else {
+            bt_off[i] = bt_off[i - 1];
+        }
+    }
+    size_t off[2][4]; /* per mode: groups, items, n_chunks, part_base (int32 offsets) */
+    size_t cur = 3 * (size_t)n + bt_total;
+    int counts[2][3];
+    for (int mode = 0; mode < 2; mode++) {
+        int32_t *groups = h + cur;
+        int g = 0;
+        for (int i = 0, in_group = 0; i < n; i++) {
+            if (i == 0 || rows->seqs[i] != rows->seqs[i - 1] || in_group == MG_ATTN_QG) {
+                groups[3 * g] = i;
+                g++;
+                in_group = 0;
+            }
+            groups[3 * (g - 1) + 1] = i + 1;
+            in_group++;
+        }
+        int32_t *items = groups + 3 * n_groups;
+        int n_items = 0;
+        int32_t *nch = items + 2 * items_cap, *pbase = nch + n;
+        int n_parts = 0;
+        for (int gi = 0; gi < n_groups; gi++) {
+            int r0 = groups[3 * gi], r1 = groups[3 * gi + 1], len = 1;
+            for (int r = r0; r < r1; r++)
+                if (pos[r] + 1 > len) len = pos[r] + 1;
+            int cl = mode == MG_KERNELS_INVARIANT ? MG_ATTN_CHUNK : fast_chunk_len(len, n_groups);
+            groups[3 * gi + 2] = cl;
+            int chunks = (len + cl - 1) / cl;
+            for (int c = 0; c < chunks; c++) {
+                items[2 * n_items] = gi;
+                items[2 * n_items + 1] = c;
+                n_items++;
+            }
+            for (int r = r0; r < r1; r++) {
+                nch[r] = (pos[r] + 1 + cl - 1) / cl;
+                pbase[r] = n_parts;
+                n_parts += nch[r];
+            }
+        }
+        off[mode][0] = cur;
+        off[mode][1] = cur + 3 * (size_t)n_groups;
+        off[mode][2] = off[mode][1] + 2 * items_cap;
+        off[mode][3] = off[mode][2] + n;
+        counts[mode][0] = n_groups;
+        counts[mode][1] = n_items;
+        counts[mode][2] = n_parts;
+        cur = off[mode][3] + n;
+    }
+    if (cur > rows_buf_cap) {
+        MG_CUDA_TRY(cudaStreamSynchronize(mg_cuda.stream));
+        if (rows_buf) MG_CUDA_TRY(cudaFree(rows_buf));
+        rows_buf = NULL;
+        rows_buf_cap = 0;
+        size_t cap = cur + cur / 2 + 1024;
+        MG_CUDA_TRY(cudaMalloc((void **)&rows_buf, cap * sizeof(int32_t)));
+        rows_buf_cap = cap;
+    }
+    MG_TRY(cuda_upload(rows_buf, h, cur * sizeof(int32_t)));
+    rows_dev.n_rows = n;
+    rows_dev.max_pos = max_pos;
+    rows_dev.tokens = rows_buf;
+    rows_dev.positions = rows_buf + n;
+    rows_dev.bt_off = rows_buf + 2 * n;
+    rows_dev.bt = rows_buf + 3 * n;
+    for (int mode = 0; mode < 2; mode++) {
+        mg_cuda_attn_work *w = &rows_dev.work[mode];
+        w->n_groups = counts[mode][0];
+        w->n_items = counts[mode][1];
+        w->n_parts = counts[mode][2];
+        w->groups = rows_buf + off[mode][0];
+        w->items = rows_buf + off[mode][1];
+        w->n_chunks = rows_buf + off[mode][2];
+        w->part_base = rows_buf + off[mode][3];
+    }
+    rows->dev = &rows_dev;
+    return MG_OK;
+}
+
+/* ---- init ---------------------------------------------------------------- */
+
+static const mg_backend_ops cuda_ops = {
+    /* .name = */ "cuda",
+    /* .host_memory = */ 0,
+    /* .alloc = */ cuda_alloc,
+    /* .free = */ cuda_free,
+    /* .upload = */ cuda_upload,
+    /* .download = */ cuda_download,
+    /* .copy = */ cuda_copy,
+    /* .zero = */ cuda_zero,
+    /* .sync = */ cuda_sync,
+    /* .act_size = */ cuda_act_size,
+    /* .act_upload = */ cuda_act_upload,
+    /* .act_download = */ cuda_act_download,
+    /* .weights_acquire = */ cuda_weights_acquire,
+    /* .weights_release = */ cuda_weights_release,
+    /* .rows_prepare = */ cuda_rows_prepare,
+    /* .embed = */ mg_cuda_embed,
+    /* .rmsnorm = */ mg_cuda_rmsnorm,
+    /* .add_rmsnorm = */ mg_cuda_add_rmsnorm,
+    /* .matmul = */ mg_cuda_matmul,
+    /* .matmul_multi = */ mg_cuda_matmul_multi,
+    /* .logits = */ mg_cuda_logits,
+    /* .rope_kv_store = */ mg_cuda_rope_kv_store,
+    /* .attention = */ mg_cuda_attention,
+    /* .add = */ mg_cuda_add,
+    /* .swiglu = */ mg_cuda_swiglu,
+    /* .argmax = */ mg_cuda_argmax,
+};
+
+static int env_int(const char *name, int def) {
+    const char *s = getenv(name);
+    return s && *s ? atoi(s) : def;
+}
+
+static mg_status cuda_init(void) {
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess || count == 0) {
+        (void)cudaGetLastError();
+        return mg_error_set(MG_ERR_UNSUPPORTED, "no CUDA device (%s)",
+                            e != cudaSuccess ? cudaGetErrorString(e) : "none found");
+    }
+    cudaDeviceProp prop;
+    MG_CUDA_TRY(cudaSetDevice(0));
+    MG_CUDA_TRY(cudaGetDeviceProperties(&prop, 0));
+    if (prop.major < 8)
+        return mg_error_set(MG_ERR_UNSUPPORTED, "%s has compute capability %d.%d; the CUDA backend needs 8.0+",
+                            prop.name, prop.major, prop.minor);
+    mg_cuda.device = 0;
+    mg_cuda.n_sm = prop.multiProcessorCount;
+    mg_cuda.smem_optin = prop.sharedMemPerBlockOptin;
+    MG_CUDA_TRY(cudaStreamCreateWithFlags(&mg_cuda.stream, cudaStreamNonBlocking));
+    mg_cuda.skinny_max_rows = env_int("MG_CUDA_SKINNY_MAX", 32);
+    const char *fg = getenv("MG_CUDA_FAST_GEMM");
+    mg_cuda.fast_gemm_tc = fg && !strcmp(fg, "tc");
+    mg_cuda.ready = 1;
+    return MG_OK;
+}
+
+extern "C" const mg_backend_ops *mg_backend_cuda(void) {
+    static int tried = 0;
+    static mg_status init_status = MG_OK;
+    static char init_error[512];
+    if (!tried) {
+        tried = 1;
+        init_status = cuda_init();
+        if (init_status != MG_OK) snprintf(init_error, sizeof init_error, "%s", mg_error_last());
+    }
+    if (init_status != MG_OK) {
+        mg_error_set(init_status, "%s", init_error);
+        return NULL;
+    }
+    return &cuda_ops;
+}

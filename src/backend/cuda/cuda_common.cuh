@@ -1,0 +1,141 @@
+/* Shared pieces of the CUDA backend: the error macros, the backend context
+ * (one stream, one cuBLASLt handle, scratch memory), activation storage
+ * types, and the rows metadata made by rows_prepare.
+ *
+ * Activation storage: an activation buffer holds BF16 (`bf16`) values when
+ * round_bf16 and FP32 otherwise (see backend.h). Kernels are templated on
+ * the storage type T; storing into a bf16 buffer rounds to nearest even,
+ * which is exactly mg_round_bf16 for finite values. */
+#ifndef MG_CUDA_COMMON_CUH
+#define MG_CUDA_COMMON_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+extern "C" {
+#include "../backend.h"
+}
+
+typedef __nv_bfloat16 bf16;
+
+/* Records a CUDA failure as the last error ("CUDA error <name> (<text>) in
+ * <what> at <file>:<line>") and returns MG_ERR_OOM for allocation failures,
+ * MG_ERR_BACKEND otherwise. */
+mg_status mg_cuda_fail(cudaError_t err, const char *what, const char *file, int line);
+
+/* Evaluates a CUDA runtime call; on failure returns its mg_status from the
+ * enclosing function. */
+#define MG_CUDA_TRY(call)                                                                                    \
+    do {                                                                                                     \
+        cudaError_t mg_e_ = (call);                                                                          \
+        if (mg_e_ != cudaSuccess) return mg_cuda_fail(mg_e_, #call, __FILE__, __LINE__);                     \
+    } while (0)
+
+/* After a kernel launch: returns the launch error, if any. */
+#define MG_CUDA_LAUNCHED(name)                                                                               \
+    do {                                                                                                     \
+        cudaError_t mg_e_ = cudaGetLastError();                                                              \
+        if (mg_e_ != cudaSuccess) return mg_cuda_fail(mg_e_, "launch of " name, __FILE__, __LINE__);         \
+    } while (0)
+
+/* Propagates a non-OK mg_status. */
+#define MG_TRY(call)                                                                                         \
+    do {                                                                                                     \
+        mg_status mg_s_ = (call);                                                                            \
+        if (mg_s_ != MG_OK) return mg_s_;                                                                    \
+    } while (0)
+
+/* The backend context (one per process, device 0). */
+typedef struct {
+    int ready;
+    int device;
+    int n_sm;
+    size_t smem_optin;  /* largest dynamic shared memory a block may opt into */
+    cudaStream_t stream;
+    /* Tunables, from the environment at init (docs/cuda.md). */
+    int skinny_max_rows;  /* MG_CUDA_SKINNY_MAX: tensor-core skinny kernel up to this many rows (32) */
+    int fast_gemm_tc;     /* MG_CUDA_FAST_GEMM=tc: the fast path uses the invariant kernels too */
+} mg_cuda_ctx;
+
+extern mg_cuda_ctx mg_cuda;
+
+/* Growable device scratch, one per purpose; the pointer stays valid until
+ * the next call with the same slot. Waits for pending work before growing. */
+enum { MG_SCRATCH_ATTN = 0, MG_SCRATCH_GEMM = 1, MG_SCRATCH_TMP = 2, MG_SCRATCH_COUNT };
+mg_status mg_cuda_scratch(int slot, size_t bytes, void **out);
+
+/* ---- rows metadata (rows_prepare) --------------------------------------- */
+
+/* Query rows are grouped for attention: consecutive rows of one sequence,
+ * at most MG_ATTN_QG rows, share the K/V reads of a chunk. */
+#define MG_ATTN_QG 4
+/* Invariant attention chunk: positions per partial softmax (as the CPU). */
+#define MG_ATTN_CHUNK 256
+
+/* Attention work for one kernel mode: groups, (group, chunk) items, and per
+ * row the number of chunks and the index of its first partial. */
+typedef struct {
+    int n_groups, n_items, n_parts;
+    const int32_t *groups;    /* device (n_groups, 3): first row, end row, chunk length */
+    const int32_t *items;     /* device (n_items, 2): group, chunk index */
+    const int32_t *n_chunks;  /* device (n_rows) */
+    const int32_t *part_base; /* device (n_rows) */
+} mg_cuda_attn_work;
+
+typedef struct {
+    int n_rows;
+    int max_pos;
+    const int32_t *tokens;    /* device (n_rows) */
+    const int32_t *positions; /* device (n_rows) */
+    const int32_t *bt_off;    /* device (n_rows): offset of the row's block table in bt */
+    const int32_t *bt;        /* device: concatenated block tables */
+    mg_cuda_attn_work work[2]; /* indexed by mg_kernels */
+} mg_cuda_rows;
+
+/* ---- device helpers ------------------------------------------------------ */
+
+static __device__ __forceinline__ float to_f(float v) { return v; }
+static __device__ __forceinline__ float to_f(bf16 v) { return __bfloat162float(v); }
+
+template <typename T> static __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ bf16 from_f<bf16>(float v) { return __float2bfloat16_rn(v); }
+
+/* The value a store into a T buffer keeps: rounded to BF16 for bf16. */
+template <typename T> static __device__ __forceinline__ float rnd(float v) { return to_f(from_f<T>(v)); }
+
+static inline unsigned mg_div_up(size_t a, size_t b) { return (unsigned)((a + b - 1) / b); }
+
+/* ---- ops implemented in the .cu files (contracts in backend.h) ----------- */
+
+mg_status mg_cuda_embed(void *out, const mg_matrix *table, const mg_attn_rows *rows, int round_bf16);
+mg_status mg_cuda_rmsnorm(void *out, const void *in, const float *weight, int n, int dim, float eps, int round_bf16);
+mg_status mg_cuda_add_rmsnorm(void *x, const void *y, void *out, const float *weight, int n, int dim, float eps,
+                              int round_bf16);
+mg_status mg_cuda_add(void *x, const void *y, size_t n, int round_bf16);
+mg_status mg_cuda_swiglu(void *out, const void *gate, const void *up, size_t n, int round_bf16);
+mg_status mg_cuda_matmul(void *out, const void *in, const mg_matrix *w, const float *bias, int n, mg_kernels kernels,
+                         int round_bf16);
+mg_status mg_cuda_matmul_multi(const mg_matmul_part *parts, int n_parts, const void *in, int n, mg_kernels kernels,
+                               int round_bf16);
+mg_status mg_cuda_logits(float *out, const void *in, const mg_matrix *w, int n, mg_kernels kernels, int round_bf16);
+mg_status mg_cuda_rope_kv_store(void *q, void *k, const void *v, mg_kv_pool *pool, int layer,
+                                const mg_attn_rows *rows, int n_heads, const float *inv_freq, int round_bf16);
+mg_status mg_cuda_attention(void *out, const void *q, const mg_kv_pool *pool, int layer, const mg_attn_rows *rows,
+                            int n_heads, mg_kernels kernels, int round_bf16);
+mg_status mg_cuda_argmax(mg_argmax *out, const float *logits, int n, int vocab);
+
+/* Internal pieces of the matmul family. */
+struct mg_cuda_mm_part {
+    const void *w;     /* (n, K) weights, BF16 or F32 */
+    const float *bias; /* (n) or NULL */
+    void *out;         /* (M, n) */
+    int n;
+};
+/* cuBLASLt BF16 x BF16 -> out_f32 ? FP32 : BF16 (no bias), FP32 accumulation. */
+mg_status mg_cuda_lt_gemm(void *out, int out_f32, const void *x, const void *w, int M, int N, int K);
+/* Frees the cuBLASLt handle and plans (at exit). */
+void mg_cuda_lt_shutdown(void);
+
+#endif

@@ -1,0 +1,158 @@
+/* CUDA embedding, RMSNorm (+ fused residual add), residual add and SwiGLU.
+ *
+ * RMSNorm: one block per row; each thread sums the squares of a fixed
+ * strided subset of the row in order, then a fixed tree combines the
+ * threads, so a row's result depends only on the row (batch-invariant in
+ * both kernel modes). The value formulas follow the CPU reference
+ * (src/backend/cpu/elementwise.c); this file is compiled with --fmad=false
+ * so that a*b+c is not contracted differently from the reference. */
+#include "cuda_common.cuh"
+
+#define NORM_THREADS 256
+
+/* Sum over the block, in a fixed order (warp xor tree, then warp 0 over the
+ * warp sums). Every thread gets the result. */
+static __device__ float block_sum(float v, float *smem /* (32) */) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, n_warps = blockDim.x >> 5;
+    if (lane == 0) smem[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        float s = lane < n_warps ? smem[lane] : 0.0f;
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (lane == 0) smem[0] = s;
+    }
+    __syncthreads();
+    float r = smem[0];
+    __syncthreads(); /* smem may be reused by the caller */
+    return r;
+}
+
+/* ---- embedding ------------------------------------------------------------ */
+
+template <typename T, typename TW>
+__global__ void embed_kernel(T *out, const TW *table, const int32_t *tokens, int dim) {
+    const int i = blockIdx.x;
+    const TW *src = table + (size_t)tokens[i] * dim;
+    T *dst = out + (size_t)i * dim;
+    for (int c = threadIdx.x; c < dim; c += blockDim.x) dst[c] = from_f<T>(to_f(src[c]));
+}
+
+mg_status mg_cuda_embed(void *out, const mg_matrix *table, const mg_attn_rows *rows, int round_bf16) {
+    const mg_cuda_rows *r = (const mg_cuda_rows *)rows->dev;
+    const int n = rows->n_rows, dim = table->cols;
+    if (n == 0) return MG_OK;
+    if (table->dtype == MG_DTYPE_BF16) {
+        if (round_bf16)
+            embed_kernel<bf16, bf16><<<n, 256, 0, mg_cuda.stream>>>((bf16 *)out, (const bf16 *)table->data, r->tokens,
+                                                                    dim);
+        else
+            embed_kernel<float, bf16><<<n, 256, 0, mg_cuda.stream>>>((float *)out, (const bf16 *)table->data,
+                                                                     r->tokens, dim);
+    } else {
+        if (round_bf16)
+            embed_kernel<bf16, float><<<n, 256, 0, mg_cuda.stream>>>((bf16 *)out, (const float *)table->data,
+                                                                     r->tokens, dim);
+        else
+            embed_kernel<float, float><<<n, 256, 0, mg_cuda.stream>>>((float *)out, (const float *)table->data,
+                                                                      r->tokens, dim);
+    }
+    MG_CUDA_LAUNCHED("embed");
+    return MG_OK;
+}
+
+/* ---- RMSNorm ------------------------------------------------------------------ */
+
+/* With x_add: x = rnd(x + y) first (stored back), then out = norm(x). */
+template <typename T, bool ADD>
+__global__ void __launch_bounds__(NORM_THREADS)
+    rmsnorm_kernel(T *out, T *x, const T *y, const float *weight, int dim, float eps) {
+    __shared__ float red[32];
+    const size_t base = (size_t)blockIdx.x * dim;
+    T *xr = x + base;
+    float ss = 0.0f;
+    for (int c = threadIdx.x; c < dim; c += blockDim.x) {
+        float v = to_f(xr[c]);
+        if (ADD) {
+            v = rnd<T>(v + to_f(y[base + c]));
+            xr[c] = from_f<T>(v);
+        }
+        ss += v * v;
+    }
+    ss = block_sum(ss, red);
+    const float inv = 1.0f / sqrtf(ss / (float)dim + eps);
+    T *o = out + base;
+    for (int c = threadIdx.x; c < dim; c += blockDim.x) {
+        /* Each thread reads back only what it wrote (or read) above, so out
+         * may alias x. */
+        float v = to_f(xr[c]);
+        o[c] = from_f<T>(weight[c] * rnd<T>(v * inv));
+    }
+}
+
+mg_status mg_cuda_rmsnorm(void *out, const void *in, const float *weight, int n, int dim, float eps, int round_bf16) {
+    if (n == 0) return MG_OK;
+    if (round_bf16)
+        rmsnorm_kernel<bf16, false><<<n, NORM_THREADS, 0, mg_cuda.stream>>>((bf16 *)out, (bf16 *)in, NULL, weight,
+                                                                             dim, eps);
+    else
+        rmsnorm_kernel<float, false><<<n, NORM_THREADS, 0, mg_cuda.stream>>>((float *)out, (float *)in, NULL, weight,
+                                                                              dim, eps);
+    MG_CUDA_LAUNCHED("rmsnorm");
+    return MG_OK;
+}
+
+mg_status mg_cuda_add_rmsnorm(void *x, const void *y, void *out, const float *weight, int n, int dim, float eps,
+                              int round_bf16) {
+    if (n == 0) return MG_OK;
+    if (round_bf16)
+        rmsnorm_kernel<bf16, true><<<n, NORM_THREADS, 0, mg_cuda.stream>>>((bf16 *)out, (bf16 *)x, (const bf16 *)y,
+                                                                            weight, dim, eps);
+    else
+        rmsnorm_kernel<float, true><<<n, NORM_THREADS, 0, mg_cuda.stream>>>((float *)out, (float *)x,
+                                                                             (const float *)y, weight, dim, eps);
+    MG_CUDA_LAUNCHED("add_rmsnorm");
+    return MG_OK;
+}
+
+/* ---- residual add and SwiGLU -------------------------------------------- */
+
+template <typename T> __global__ void add_kernel(T *x, const T *y, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        x[i] = from_f<T>(to_f(x[i]) + to_f(y[i]));
+}
+
+template <typename T> __global__ void swiglu_kernel(T *out, const T *gate, const T *up, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float g = to_f(gate[i]);
+        float silu = rnd<T>(g * (1.0f / (1.0f + expf(-g))));
+        out[i] = from_f<T>(silu * to_f(up[i]));
+    }
+}
+
+static unsigned grid_for(size_t n) {
+    size_t blocks = (n + 255) / 256, cap = (size_t)mg_cuda.n_sm * 16;
+    return (unsigned)(blocks < cap ? (blocks ? blocks : 1) : cap);
+}
+
+mg_status mg_cuda_add(void *x, const void *y, size_t n, int round_bf16) {
+    if (n == 0) return MG_OK;
+    if (round_bf16)
+        add_kernel<bf16><<<grid_for(n), 256, 0, mg_cuda.stream>>>((bf16 *)x, (const bf16 *)y, n);
+    else
+        add_kernel<float><<<grid_for(n), 256, 0, mg_cuda.stream>>>((float *)x, (const float *)y, n);
+    MG_CUDA_LAUNCHED("add");
+    return MG_OK;
+}
+
+mg_status mg_cuda_swiglu(void *out, const void *gate, const void *up, size_t n, int round_bf16) {
+    if (n == 0) return MG_OK;
+    if (round_bf16)
+        swiglu_kernel<bf16><<<grid_for(n), 256, 0, mg_cuda.stream>>>((bf16 *)out, (const bf16 *)gate,
+                                                                     (const bf16 *)up, n);
+    else
+        swiglu_kernel<float><<<grid_for(n), 256, 0, mg_cuda.stream>>>((float *)out, (const float *)gate,
+                                                                      (const float *)up, n);
+    MG_CUDA_LAUNCHED("swiglu");
+    return MG_OK;
+}

@@ -1,0 +1,171 @@
+/* CUDA matmul dispatch (matmul, matmul_multi, logits) and the CUDA-core
+ * kernel for what the tensor-core paths do not take.
+ *
+ * Paths, by numerics and kernels (see matmul_tc.cuh, cublaslt.cu):
+ * - BF16 activations, BF16 weights, FAST: cuBLASLt (its heuristics choose a
+ *   kernel per M, as in production engines: the source of batch-induced
+ *   flips on the GPU); a bias goes through an FP32 result and one epilogue
+ *   kernel, so that the bias is added before the single BF16 rounding, as
+ *   the reference does. MG_CUDA_FAST_GEMM=tc sends FAST to the tensor-core
+ *   kernels instead (for comparisons).
+ * - BF16 activations, BF16 weights, K % 32 == 0, INVARIANT: the
+ *   tensor-core kernels, one reduction order for every M.
+ * - everything else (FP32 activations (--fp32), F32 weights (llama2.c
+ *   checkpoints), K not a multiple of 32 / 8): mm_simt, a CUDA-core kernel
+ *   whose reduction order depends only on K, for both kernel modes. */
+#include "matmul_tc.cuh"
+
+/* ---- CUDA-core kernel -------------------------------------------------------- */
+
+/* One warp per output feature r, rows in groups of 4. Lane l accumulates
+ * (FMA, in order) columns 4l + 128i .. 4l + 128i + 3 when K % 4 == 0, else
+ * columns l + 32i; then a fixed xor tree over the lanes. */
+#define SIMT_ROWS 4
+
+template <typename TI, typename TW, typename TO, bool VEC4>
+__global__ void __launch_bounds__(256) mm_simt(TO *out, const TI *x, const TW *w, const float *bias, int M, int N,
+                                               int K) {
+    const int lane = threadIdx.x & 31;
+    const int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (r >= N) return;
+    const TW *wr = w + (size_t)r * K;
+    for (int i0 = 0; i0 < M; i0 += SIMT_ROWS) {
+        const int nr = min(SIMT_ROWS, M - i0);
+        float acc[SIMT_ROWS] = {0.0f, 0.0f, 0.0f, 0.0f};
+        if (VEC4) {
+            for (int k = 4 * lane; k < K; k += 128) {
+                const float w0 = to_f(wr[k]), w1 = to_f(wr[k + 1]), w2 = to_f(wr[k + 2]), w3 = to_f(wr[k + 3]);
+#pragma unroll
+                for (int i = 0; i < SIMT_ROWS; i++) {
+                    if (i < nr) {
+                        const TI *xi = x + (size_t)(i0 + i) * K + k;
+                        acc[i] = fmaf(w0, to_f(xi[0]), acc[i]);
+                        acc[i] = fmaf(w1, to_f(xi[1]), acc[i]);
+                        acc[i] = fmaf(w2, to_f(xi[2]), acc[i]);
+                        acc[i] = fmaf(w3, to_f(xi[3]), acc[i]);
+                    }
+                }
+            }
+        } else {
+            for (int k = lane; k < K; k += 32) {
+                const float wv = to_f(wr[k]);
+#pragma unroll
+                for (int i = 0; i < SIMT_ROWS; i++)
+                    if (i < nr) acc[i] = fmaf(wv, to_f(x[(size_t)(i0 + i) * K + k]), acc[i]);
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < SIMT_ROWS; i++) {
+            float v = acc[i];
+            for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+            v = __shfl_sync(0xffffffffu, v, 0); /* lane 0's association */
+            if (lane == 0 && i < nr) {
+                if (bias) v += bias[r];
+                out[(size_t)(i0 + i) * N + r] = from_f<TO>(v);
+            }
+        }
+    }
+}
+
+template <typename TI, typename TW, typename TO>
+static mg_status simt3(void *out, const void *x, const void *w, const float *bias, int M, int N, int K) {
+    const unsigned blocks = mg_div_up(N, 8);
+    if (K % 4 == 0)
+        mm_simt<TI, TW, TO, true><<<blocks, 256, 0, mg_cuda.stream>>>((TO *)out, (const TI *)x, (const TW *)w, bias,
+                                                                      M, N, K);
+    else
+        mm_simt<TI, TW, TO, false><<<blocks, 256, 0, mg_cuda.stream>>>((TO *)out, (const TI *)x, (const TW *)w,
+                                                                       bias, M, N, K);
+    MG_CUDA_LAUNCHED("mm_simt");
+    return MG_OK;
+}
+
+template <typename TI, typename TO>
+static mg_status simt2(void *out, const void *x, const mg_matrix *w, const float *bias, int M, int N, int K) {
+    if (w->dtype == MG_DTYPE_BF16) return simt3<TI, bf16, TO>(out, x, w->data, bias, M, N, K);
+    return simt3<TI, float, TO>(out, x, w->data, bias, M, N, K);
+}
+
+/* Activations in bf16 (round_bf16) or float; output bf16, float, or FP32
+ * logits (out_f32). */
+static mg_status mm_simt_any(void *out, const void *x, const mg_matrix *w, const float *bias, int M, int round_bf16,
+                             int out_f32) {
+    const int N = w->rows, K = w->cols;
+    if (round_bf16)
+        return out_f32 ? simt2<bf16, float>(out, x, w, bias, M, N, K) : simt2<bf16, bf16>(out, x, w, bias, M, N, K);
+    return simt2<float, float>(out, x, w, bias, M, N, K);
+}
+
+/* ---- bias epilogue for cuBLASLt ------------------------------------------------- */
+
+template <typename TO> __global__ void bias_store(TO *out, const float *acc, const float *bias, size_t M, int N) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < M * N; i += (size_t)gridDim.x * blockDim.x)
+        out[i] = from_f<TO>(acc[i] + bias[i % N]);
+}
+
+static mg_status lt_one(void *out, const void *x, const mg_matrix *w, const float *bias, int M, int out_f32) {
+    const int N = w->rows, K = w->cols;
+    if (!bias) return mg_cuda_lt_gemm(out, out_f32, x, w->data, M, N, K);
+    void *acc;
+    MG_TRY(mg_cuda_scratch(MG_SCRATCH_GEMM, (size_t)M * N * sizeof(float), &acc));
+    MG_TRY(mg_cuda_lt_gemm(acc, 1, x, w->data, M, N, K));
+    const size_t total = (size_t)M * N;
+    unsigned blocks = mg_div_up(total, 256);
+    if (blocks > (unsigned)mg_cuda.n_sm * 16) blocks = (unsigned)mg_cuda.n_sm * 16;
+    if (out_f32)
+        bias_store<float><<<blocks, 256, 0, mg_cuda.stream>>>((float *)out, (const float *)acc, bias, (size_t)M, N);
+    else
+        bias_store<bf16><<<blocks, 256, 0, mg_cuda.stream>>>((bf16 *)out, (const float *)acc, bias, (size_t)M, N);
+    MG_CUDA_LAUNCHED("bias_store");
+    return MG_OK;
+}
+
+/* ---- dispatch -------------------------------------------------------------------- */
+
+typedef enum { PATH_SIMT, PATH_TC, PATH_LT } mm_path;
+
+static mm_path choose(const mg_matmul_part *parts, int n_parts, mg_kernels kernels, int round_bf16) {
+    int bf16_w = 1, cols = parts[0].w->cols;
+    for (int i = 0; i < n_parts; i++) bf16_w &= parts[i].w->dtype == MG_DTYPE_BF16 && parts[i].w->cols == cols;
+    if (!round_bf16 || !bf16_w) return PATH_SIMT;
+    if (kernels == MG_KERNELS_FAST && !mg_cuda.fast_gemm_tc) return cols % 8 == 0 ? PATH_LT : PATH_SIMT;
+    return cols % 32 == 0 ? PATH_TC : PATH_SIMT;
+}
+
+static mg_status run_parts(const mg_matmul_part *parts, int n_parts, const void *in, int n, mg_kernels kernels,
+                           int round_bf16, int out_f32) {
+    if (n_parts < 1 || n_parts > MG_TC_MAX_SEGS)
+        return mg_error_set(MG_ERR_ARG, "matmul_multi: %d parts (1..%d)", n_parts, MG_TC_MAX_SEGS);
+    if (n == 0) return MG_OK;
+    switch (choose(parts, n_parts, kernels, round_bf16)) {
+    case PATH_TC: {
+        mg_cuda_mm_part p[MG_TC_MAX_SEGS];
+        for (int i = 0; i < n_parts; i++)
+            p[i] = (mg_cuda_mm_part){parts[i].w->data, parts[i].bias, parts[i].out, parts[i].w->rows};
+        return mg_tc_matmul(p, n_parts, in, n, parts[0].w->cols, out_f32);
+    }
+    case PATH_LT:
+        for (int i = 0; i < n_parts; i++) MG_TRY(lt_one(parts[i].out, in, parts[i].w, parts[i].bias, n, out_f32));
+        return MG_OK;
+    default:
+        for (int i = 0; i < n_parts; i++)
+            MG_TRY(mm_simt_any(parts[i].out, in, parts[i].w, parts[i].bias, n, round_bf16, out_f32));
+        return MG_OK;
+    }
+}
+
+mg_status mg_cuda_matmul_multi(const mg_matmul_part *parts, int n_parts, const void *in, int n, mg_kernels kernels,
+                               int round_bf16) {
+    return run_parts(parts, n_parts, in, n, kernels, round_bf16, 0);
+}
+
+mg_status mg_cuda_matmul(void *out, const void *in, const mg_matrix *w, const float *bias, int n, mg_kernels kernels,
+                         int round_bf16) {
+    const mg_matmul_part part = {out, w, bias};
+    return run_parts(&part, 1, in, n, kernels, round_bf16, 0);
+}
+
+mg_status mg_cuda_logits(float *out, const void *in, const mg_matrix *w, int n, mg_kernels kernels, int round_bf16) {
+    const mg_matmul_part part = {out, w, NULL};
+    return run_parts(&part, 1, in, n, kernels, round_bf16, 1);
+}
