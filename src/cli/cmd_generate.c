@@ -30,6 +30,8 @@ static void usage(FILE *f) {
             "                       llama2.c checkpoints always run in FP32, as run.c does)\n"
             "  --kernels fast|invariant  reduction orders (default fast)\n"
             "  --ignore-eos         do not stop at the model's stop tokens\n"
+            "  --device cpu|cuda    where to compute (default: cuda when a GPU is present)\n"
+            "  --dump-logits FILE   write each step's FP32 logits to FILE (raw, steps x vocab)\n"
             "  --threads N          OpenMP threads\n");
 }
 
@@ -104,9 +106,13 @@ static void print_json(const mg_tokenizer *tok, const char *prompt, const int32_
     cJSON_Delete(o);
 }
 
+static void dump_logits(void *user, int step, const float *logits, int vocab) {
+    fwrite(logits, sizeof(float), (size_t)vocab, (FILE *)user);
+}
+
 int cmd_generate(int argc, char **argv) {
     enum { O_TEMP = 256, O_TOPK, O_TOPP, O_SEED, O_CHAT, O_SYSTEM, O_MARGINS, O_JSON, O_FP32, O_KERNELS, O_IGNORE_EOS,
-           O_THREADS };
+           O_THREADS, O_DEVICE, O_DUMP_LOGITS };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},     {"prompt", required_argument, 0, 'p'},
         {"file", required_argument, 0, 'f'},      {"max-tokens", required_argument, 0, 'n'},
@@ -116,8 +122,10 @@ int cmd_generate(int argc, char **argv) {
         {"margins", no_argument, 0, O_MARGINS},   {"json", no_argument, 0, O_JSON},
         {"fp32", no_argument, 0, O_FP32},         {"kernels", required_argument, 0, O_KERNELS},
         {"ignore-eos", no_argument, 0, O_IGNORE_EOS}, {"threads", required_argument, 0, O_THREADS},
+        {"device", required_argument, 0, O_DEVICE}, {"dump-logits", required_argument, 0, O_DUMP_LOGITS},
         {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
-    const char *model_flag = NULL, *prompt_arg = NULL, *prompt_file = NULL, *system = NULL;
+    const char *model_flag = NULL, *prompt_arg = NULL, *prompt_file = NULL, *system = NULL, *device = "auto";
+    const char *dump_path = NULL;
     int chat = 0, show_margins = 0, json = 0, fp32 = 0, threads = 0, c;
     unsigned long long seed = 0;
     mg_generate_opts g = {.max_new_tokens = 64, .sampling = {.temperature = 0, .top_k = 0, .top_p = 1.0f}};
@@ -145,6 +153,11 @@ int cmd_generate(int argc, char **argv) {
             break;
         case O_IGNORE_EOS: g.ignore_eos = 1; break;
         case O_THREADS: bad = cli_parse_int(optarg, &threads) || threads < 1; break;
+        case O_DUMP_LOGITS: dump_path = optarg; break;
+        case O_DEVICE:
+            device = optarg;
+            bad = strcmp(device, "cpu") && strcmp(device, "cuda") && strcmp(device, "auto");
+            break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -218,10 +231,26 @@ int cmd_generate(int argc, char **argv) {
     g.precision = fp32 || format == MG_FORMAT_LLAMA2C ? MG_ACT_FP32 : MG_ACT_BF16;
     int max_rows = (int)n_ids < PREFILL_CHUNK ? (int)n_ids : PREFILL_CHUNK;
     int blocks = ((int)n_ids + g.max_new_tokens + KV_BLOCK - 1) / KV_BLOCK;
-    if (mg_forward_init(&fw, model, mg_backend_cpu(), max_rows) != MG_OK ||
-        mg_kv_pool_init(&pool, cfg->n_layers, cfg->n_kv_heads, cfg->head_dim, KV_BLOCK, blocks) != MG_OK) {
+    const mg_backend_ops *backend = mg_backend_by_name(device);
+    if (!backend) {
+        cli_fail("generate", "cannot use the requested device");
+        goto done;
+    }
+    mg_dtype kv_dtype = !backend->host_memory && g.precision == MG_ACT_BF16 ? MG_DTYPE_BF16 : MG_DTYPE_F32;
+    if (mg_forward_init(&fw, model, backend, max_rows) != MG_OK ||
+        mg_kv_pool_init_on(&pool, backend, kv_dtype, cfg->n_layers, cfg->n_kv_heads, cfg->head_dim, KV_BLOCK,
+                           blocks) != MG_OK) {
         cli_fail("generate", "cannot set up the engine");
         goto done;
+    }
+    FILE *dump = dump_path ? fopen(dump_path, "wb") : NULL;
+    if (dump_path && !dump) {
+        fprintf(stderr, "margingate generate: cannot write %s\n", dump_path);
+        goto done;
+    }
+    if (dump) {
+        g.on_logits = dump_logits;
+        g.on_logits_user = dump;
     }
     stream_out so = {.tok = tok, .prev = ids[n_ids - 1]};
     mg_status st = mg_generate(fw, &pool, cfg, max_rows, ids, (int)n_ids, &g, json ? NULL : stream_token, &so, &res);
@@ -231,6 +260,7 @@ int cmd_generate(int argc, char **argv) {
         fflush(stdout);
     }
     free(so.buf);
+    if (dump) fclose(dump);
     if (st != MG_OK) {
         cli_fail("generate", "generation failed");
         goto done;
