@@ -1,0 +1,251 @@
+#!/usr/bin/env bash
+# tools/gpu-check.sh [MODEL_DIR] - the CUDA backend's checks on a GPU machine,
+# in one call (about 6-8 minutes on an H100):
+#   build      make CUDA=1 (or the prebuilt tarball from tools/gpu-prep.sh)
+#   ops        tests/test_cuda_ops: every op vs the CPU reference, guards,
+#              invariant bitwise checks
+#   sanitizer  compute-sanitizer memcheck on the op tests (quick mode)
+#   model      tests/test_cuda_model: mg-llama-27m HF goldens on the GPU,
+#              GPU vs CPU agreement, the batched engine on the GPU
+#   generate   `margingate generate` GPU vs CPU on golden prompts
+#   hf-27m     tools/hf_oracle.py: GPU logits vs HF transformers, mg-llama-27m
+#   bench      build/cuda_bench at Llama-3.1-8B shapes (random weights from
+#              tools/make_checkpoint.py, written in the background meanwhile)
+#   hf-8b      tools/hf_oracle.py on the 8B-shaped checkpoint (if time is left)
+# Each stage prints PASS/FAIL/SKIP and the script goes on; a summary table
+# comes last. Full logs go to $OUT (or a temporary directory).
+#
+# MODEL_DIR: mg-llama-27m (default $MG_MODEL_DIR, else gpu-carry/mg-llama-27m,
+# else ../shared/models/mg-llama-27m). Environment: OUT, MG_GPU_BUDGET_S
+# (seconds after which optional stages are skipped, default 420),
+# MG_CKPT_DIR (where the 8B checkpoint goes, default /tmp/mg-llama8b-random),
+# MG_BENCH_ARGS (extra cuda_bench arguments), MG_CARRY (default gpu-carry).
+set -u
+cd "$(dirname "$0")/.."
+START=$(date +%s)
+CARRY=${MG_CARRY:-gpu-carry}
+MODEL=${1:-${MG_MODEL_DIR:-}}
+if [ -z "$MODEL" ]; then
+    if [ -d "$CARRY/mg-llama-27m" ]; then MODEL=$CARRY/mg-llama-27m; else MODEL=../shared/models/mg-llama-27m; fi
+fi
+OUT=${OUT:-$(mktemp -d /tmp/gpu-check.XXXXXX)}
+mkdir -p "$OUT"
+BUDGET=${MG_GPU_BUDGET_S:-420}
+CKPT=${MG_CKPT_DIR:-/tmp/mg-llama8b-random}
+B=build-gpu
+SUMMARY=()
+
+el() { echo $(( $(date +%s) - START )); }
+say() { echo "[$(el)s] $*"; }
+# stage NAME STATUS NOTE
+stage() {
+    SUMMARY+=("$(printf '%-10s %-5s %s' "$1" "$2" "$3")")
+    say "$1: $2 $3"
+}
+# criterion_counts LOG -> "passed failed crashed tested skipped"
+criterion_counts() {
+    local line
+    line=$(grep 'Synthesis:' "$1" | tail -n 1)
+    local t p f c
+    t=$(printf '%s' "$line" | sed -n 's/.*Tested: \([0-9]*\).*/\1/p')
+    p=$(printf '%s' "$line" | sed -n 's/.*Passing: \([0-9]*\).*/\1/p')
+    f=$(printf '%s' "$line" | sed -n 's/.*Failing: \([0-9]*\).*/\1/p')
+    c=$(printf '%s' "$line" | sed -n 's/.*Crashing: \([0-9]*\).*/\1/p')
+    echo "${p:-0} ${f:-0} ${c:-0} ${t:-0} $(grep -c 'SKIPPED' "$1")"
+}
+
+say "gpu-check: model $MODEL, logs in $OUT"
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv,noheader
+    nvcc --version | tail -n 2
+    python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
+} > "$OUT/env.log" 2>&1
+GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
+say "device: ${GPU_NAME:-none}"
+
+# ---- the 8B checkpoint, written in the background (CPU only) -------------------
+if [ ! -f "$CKPT/config.json" ]; then
+    rm -rf "$CKPT"
+    (python3 tools/make_checkpoint.py --preset llama-3.1-8b --shards 4 --seed 1 \
+        --tokenizer "$MODEL/tokenizer.json" --out "$CKPT" > "$OUT/checkpoint.log" 2>&1; echo $? > "$OUT/checkpoint.rc") &
+    CKPT_PID=$!
+else
+    echo 0 > "$OUT/checkpoint.rc"
+    CKPT_PID=""
+fi
+
+# ---- build ------------------------------------------------------------------
+export LD_LIBRARY_PATH="$PWD/$B/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+BUILT=0
+PREBUILT=$(ls "$CARRY"/prebuilt.tar.* 2>/dev/null | head -n 1)
+if [ -n "$PREBUILT" ]; then
+    rm -rf "$B" && mkdir -p "$B" && tar -xf "$PREBUILT" -C "$B" > "$OUT/build.log" 2>&1
+    if "$B/margingate" --help > /dev/null 2>> "$OUT/build.log" && "$B/tests/test_cuda_ops" --list > /dev/null 2>> "$OUT/build.log"; then
+        BUILT=1
+        stage build PASS "prebuilt $(basename "$PREBUILT")"
+    else
+        say "build: the prebuilt binaries do not run here ($(tail -n 1 "$OUT/build.log")); building"
+    fi
+fi
+if [ $BUILT = 0 ]; then
+    if make -j"$(nproc)" CUDA=1 BUILD=$B $B/margingate $B/cuda_bench $B/tests/test_cuda_ops $B/tests/test_cuda_model \
+        >> "$OUT/build.log" 2>&1; then
+        BUILT=1
+        stage build PASS "make CUDA=1 ($(grep -ci warning "$OUT/build.log") warning lines)"
+    else
+        stage build FAIL "$(grep -m1 -iE 'error|No such file' "$OUT/build.log" | cut -c1-150)"
+    fi
+fi
+
+# ---- op tests -------------------------------------------------------------------
+run_criterion() { # NAME LOG BINARY ARGS...
+    local name=$1 log=$2
+    shift 2
+    "$@" --jobs 1 > "$log" 2>&1
+    local rc=$?
+    read -r p f c t s <<< "$(criterion_counts "$log")"
+    if [ "$t" -gt 0 ] && [ "$f" = 0 ] && [ "$c" = 0 ] && [ "$s" = 0 ] && [ $rc = 0 ]; then
+        stage "$name" PASS "$p/$t tests"
+    else
+        stage "$name" FAIL "$p/$t passed, $f failed, $c crashed, $s skipped (rc $rc)"
+        grep -E 'FAIL|Assertion|CRASH|SIGSEGV|error|SKIP' "$log" | grep -v 'Synthesis' | head -n 12 | cut -c1-240
+    fi
+}
+if [ $BUILT = 1 ]; then
+    run_criterion ops "$OUT/ops.log" "$B/tests/test_cuda_ops"
+else
+    stage ops SKIP "no build"
+fi
+
+# ---- compute-sanitizer ---------------------------------------------------------
+if [ $BUILT = 1 ] && command -v compute-sanitizer > /dev/null; then
+    MG_TEST_QUICK=1 timeout 300 compute-sanitizer --tool memcheck --target-processes all --print-limit 20 \
+        "$B/tests/test_cuda_ops" --jobs 1 > "$OUT/sanitizer.log" 2>&1
+    rc=$?
+    errs=$(grep -c 'ERROR SUMMARY:' "$OUT/sanitizer.log")
+    nerr=$(grep -oE 'ERROR SUMMARY: [0-9]+' "$OUT/sanitizer.log" | awk '{s += $3} END {print s + 0}')
+    read -r p f c t s <<< "$(criterion_counts "$OUT/sanitizer.log")"
+    if [ $rc = 124 ]; then
+        stage sanitizer FAIL "timed out after 300 s ($p/$t tests done)"
+    elif [ "${nerr:-0}" = 0 ] && [ "${errs:-0}" -gt 0 ] && [ "$f" = 0 ] && [ "$c" = 0 ]; then
+        stage sanitizer PASS "memcheck: 0 errors over $t tests"
+    else
+        stage sanitizer FAIL "memcheck: ${nerr:-?} errors, $f failed, $c crashed (rc $rc)"
+        grep -E 'Invalid|out of bounds|ERROR|Error' "$OUT/sanitizer.log" | head -n 8 | cut -c1-200
+    fi
+else
+    stage sanitizer SKIP "no build or no compute-sanitizer"
+fi
+
+# ---- model tests (mg-llama-27m goldens, engine) ----------------------------------
+SHARED=$(mktemp -d /tmp/mgshared.XXXXXX)
+mkdir -p "$SHARED/models"
+ln -sfn "$(realpath "$MODEL")" "$SHARED/models/mg-llama-27m"
+if [ $BUILT = 1 ] && [ -f "$MODEL/golden.json" ]; then
+    MG_SHARED_DIR=$SHARED run_criterion model "$OUT/model.log" "$B/tests/test_cuda_model"
+    grep -E '^cuda ' "$OUT/model.log" | cut -c1-200
+else
+    stage model SKIP "no build or no $MODEL/golden.json"
+fi
+
+# ---- generate: GPU vs CPU ----------------------------------------------------------
+if [ $BUILT = 1 ] && [ -f "$MODEL/golden.json" ]; then
+    python3 - "$B/margingate" "$MODEL" "$OUT" > "$OUT/generate.log" 2>&1 <<'EOF'
+import json, subprocess, sys
+bin_, model, out = sys.argv[1:4]
+golden = json.load(open(f"{model}/golden.json"))
+def gen(prompt, device, extra):
+    r = subprocess.run([bin_, "generate", "-m", model, "--json", "-n", "64", "--ignore-eos", "--device", device,
+                        "-p", prompt] + extra, capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        raise SystemExit(f"generate --device {device} {extra} failed: {r.stderr.strip()[-300:]}")
+    return json.loads(r.stdout)
+def agree(a, b):
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]: n += 1
+    return n
+rows = []
+for mode, extra in [("fast bf16", []), ("invariant bf16", ["--kernels", "invariant"]), ("fast fp32", ["--fp32"])]:
+    tot = ag = gold = repeat = 0
+    tps = []
+    for p in golden["prompts"][::4]:
+        g = gen(p["prompt_text"], "cuda", extra)
+        c = gen(p["prompt_text"], "cpu", extra)
+        g2 = gen(p["prompt_text"], "cuda", extra)
+        assert g["prompt_ids"] == p["prompt_ids"], "prompt ids differ from golden.json"
+        tot += 64
+        ag += agree(g["token_ids"], c["token_ids"])
+        gold += agree(g["token_ids"], p["greedy_ids"])
+        repeat += g["token_ids"] == g2["token_ids"]
+        tps.append(g["timings"]["decode_tokens_per_s"])
+    rows.append(f"{mode}: GPU vs CPU {ag}/{tot} tokens agree before the first divergence; GPU vs HF fp32 golden "
+                f"{gold}/{tot}; GPU run-to-run identical {repeat}/{len(tps)}; GPU decode {min(tps):.0f}-{max(tps):.0f} tok/s")
+    if repeat != len(tps):
+        print("FAIL: GPU generate is not reproducible run to run")
+print("\n".join(rows))
+EOF
+    rc=$?
+    if [ $rc = 0 ] && ! grep -q '^FAIL' "$OUT/generate.log"; then
+        stage generate PASS "GPU vs CPU on $(grep -c . "$OUT/generate.log") modes (see below)"
+    else
+        stage generate FAIL "$(tail -n 1 "$OUT/generate.log" | cut -c1-180)"
+    fi
+    cat "$OUT/generate.log" | cut -c1-220
+else
+    stage generate SKIP "no build or no golden.json"
+fi
+
+# ---- HF oracle, mg-llama-27m -----------------------------------------------------------------
+if [ $BUILT = 1 ]; then
+    if python3 tools/hf_oracle.py --bin "$B/margingate" --model "$MODEL" --prompts 4 --new 64 --device cuda \
+        > "$OUT/hf27m.log" 2>&1; then
+        stage hf-27m PASS "$(grep '^oracle' "$OUT/hf27m.log" | tail -n 1 | cut -c8-200)"
+    else
+        stage hf-27m FAIL "$(tail -n 1 "$OUT/hf27m.log" | cut -c1-180)"
+    fi
+    grep -E '^(oracle|  )' "$OUT/hf27m.log" | head -n 8 | cut -c1-200
+fi
+
+# ---- decode benchmark at Llama-3.1-8B shapes ---------------------------------------------
+if [ $BUILT = 1 ]; then
+    if [ -n "$CKPT_PID" ]; then
+        say "bench: waiting for the 8B checkpoint"
+        wait "$CKPT_PID"
+    fi
+    if [ "$(cat "$OUT/checkpoint.rc" 2>/dev/null)" = 0 ]; then
+        say "bench: checkpoint ready"
+        # shellcheck disable=SC2086
+        if timeout 400 "$B/cuda_bench" -m "$CKPT" --batch 1,8,32,64,128 --ctx 512,4096 --steps 8 --kv-gib 40 \
+            --prefill 2048 --out "$OUT/bench.md" ${MG_BENCH_ARGS:-} > "$OUT/bench.log" 2>&1; then
+            b1=$(grep -E '^\| fast \| 1 \| 512 ' "$OUT/bench.md" | awk -F'|' '{print $8}' | tr -d ' ')
+            b64=$(grep -E '^\| fast \| 64 \| 512 ' "$OUT/bench.md" | awk -F'|' '{print $8}' | tr -d ' ')
+            stage bench PASS "fast TPOT/floor: batch 1 ${b1:-?} (goal 1.15), batch 64 ctx 512 ${b64:-?} (goal 1.3)"
+        else
+            stage bench FAIL "$(tail -n 1 "$OUT/bench.log" | cut -c1-180)"
+        fi
+    else
+        stage bench FAIL "checkpoint: $(tail -n 1 "$OUT/checkpoint.log" | cut -c1-160)"
+    fi
+fi
+
+# ---- HF oracle on the 8B-shaped checkpoint (optional) --------------------------------------
+if [ $BUILT = 1 ] && [ "$(cat "$OUT/checkpoint.rc" 2>/dev/null)" = 0 ]; then
+    if [ "$(el)" -lt "$BUDGET" ]; then
+        if timeout 240 python3 tools/hf_oracle.py --bin "$B/margingate" --model "$CKPT" --prompts 1 --new 200 \
+            --device cuda --synthetic > "$OUT/hf8b.log" 2>&1; then
+            stage hf-8b PASS "$(grep '^oracle' "$OUT/hf8b.log" | tail -n 1 | cut -c8-200)"
+        else
+            stage hf-8b FAIL "$(tail -n 1 "$OUT/hf8b.log" | cut -c1-180)"
+        fi
+    else
+        stage hf-8b SKIP "time budget ($(el) s > $BUDGET s)"
+    fi
+fi
+rm -rf "$SHARED"
+
+# ---- summary -------------------------------------------------------------------------------
+echo
+[ -f "$OUT/bench.md" ] && cat "$OUT/bench.md"
+echo
+echo "== gpu-check summary ($(el) s, ${GPU_NAME:-no GPU}; logs: $OUT)"
+printf '%s\n' "${SUMMARY[@]}"
