@@ -27,6 +27,10 @@
 
 static const mg_backend_ops *cpu_b(void) { return mg_backend_cpu(); }
 
+/* MG_TEST_QUICK=1 (compute-sanitizer runs): fewer shapes, same coverage of
+ * code paths. */
+static int quick(void) { return getenv("MG_TEST_QUICK") != NULL; }
+
 static const mg_backend_ops *gpu_or_skip(void) {
     const mg_backend_ops *g = mg_backend_cuda();
     if (!g) cr_skip_test("CUDA backend not usable here: %s", mg_error_last());
@@ -358,10 +362,11 @@ static void check_matmul(const mg_backend_ops *g, int M, int N, int K, mg_dtype 
 Test(cuda_ops, matmul_vs_cpu) {
     const mg_backend_ops *g = gpu_or_skip();
     rng_seed(4);
-    const int Ms[] = {1, 3, 8, 9, 16, 17, 32, 33, 64, 65, 130, 300};
-    const nk_shape shapes[] = {{64, 64}, {200, 96}, {1024, 512}, {128, 1408}, {48, 100}, {40, 72}};
-    for (int si = 0; si < 6; si++)
-        for (int mi = 0; mi < 12; mi++)
+    const int Ms[] = {1, 9, 33, 130, 3, 8, 16, 17, 32, 64, 65, 300};
+    const nk_shape shapes[] = {{200, 96}, {48, 100}, {64, 64}, {1024, 512}, {128, 1408}, {40, 72}};
+    const int n_shapes = quick() ? 2 : 6, n_ms = quick() ? 4 : 12;
+    for (int si = 0; si < n_shapes; si++)
+        for (int mi = 0; mi < n_ms; mi++)
             for (int kern = 0; kern < 2; kern++)
                 for (int rb = 0; rb < 2; rb++)
                     check_matmul(g, Ms[mi], shapes[si].n, shapes[si].k, MG_DTYPE_BF16, rb, (mg_kernels)kern,
@@ -423,7 +428,8 @@ Test(cuda_ops, matmul_multi_equals_separate) {
 /* INVARIANT matmul: row r of a batch of M equals the row computed alone,
  * bit for bit, for M across the skinny (<= 32 rows) and both tiled paths. */
 static void check_matmul_invariance(const mg_backend_ops *g, int N, int K, int logits) {
-    const int Ms[] = {2, 5, 8, 9, 16, 17, 31, 32, 33, 64, 65, 100, 257};
+    const int Ms[] = {2, 9, 17, 33, 257, 5, 8, 16, 31, 32, 64, 65, 100};
+    const int n_ms = quick() ? 5 : 13;
     test_matrix w = make_matrix(g, N, K, MG_DTYPE_BF16, 1.0f / sqrtf((float)K));
     float *bias = rand_vec((size_t)N, 0.5f, 0);
     float *bias_d = logits ? NULL : dev_copy(g, bias, (size_t)N * sizeof(float));
@@ -436,7 +442,7 @@ static void check_matmul_invariance(const mg_backend_ops *g, int N, int K, int l
         cr_assert_eq(g->matmul(o1, x1, &w.dev, bias_d, 1, MG_KERNELS_INVARIANT, 1), MG_OK, "%s", mg_error_last());
     unsigned char *alone = malloc((size_t)N * out_es), *in_batch = malloc((size_t)N * out_es);
     cr_assert_eq(g->download(alone, o1, (size_t)N * out_es), MG_OK);
-    for (int mi = 0; mi < 13; mi++) {
+    for (int mi = 0; mi < n_ms; mi++) {
         const int M = Ms[mi];
         float *x = rand_vec((size_t)M * K, 1.0f, 1);
         const int at[3] = {0, M / 2, M - 1};
@@ -467,8 +473,9 @@ Test(cuda_ops, matmul_invariant_bitwise_across_batch_sizes) {
     const mg_backend_ops *g = gpu_or_skip();
     rng_seed(7);
     check_matmul_invariance(g, 256, 1408, 0); /* last split shorter than the others */
-    check_matmul_invariance(g, 200, 4096, 0); /* rows not a multiple of the tiles */
     check_matmul_invariance(g, 8192, 512, 0); /* wide enough for the 128-row tiled kernel */
+    if (quick()) return;
+    check_matmul_invariance(g, 200, 4096, 0); /* rows not a multiple of the tiles */
     check_matmul_invariance(g, 3000, 256, 1); /* FP32 logits */
 }
 
@@ -637,10 +644,11 @@ Test(cuda_ops, attention_vs_cpu_and_invariant) {
     const mg_backend_ops *g = gpu_or_skip();
     rng_seed(9);
     attention_case(g, 8, 2, 64, 1, MG_DTYPE_BF16);  /* mg-llama-27m */
+    attention_case(g, 28, 4, 128, 1, MG_DTYPE_F32); /* Qwen2.5-7B group of 7, FP32 cache */
+    if (quick()) return;
     attention_case(g, 32, 8, 128, 1, MG_DTYPE_BF16); /* Llama-3.1-8B */
     attention_case(g, 8, 2, 64, 0, MG_DTYPE_F32);   /* --fp32 */
     attention_case(g, 8, 4, 8, 0, MG_DTYPE_F32);    /* stories260K: head_dim 8 */
-    attention_case(g, 28, 4, 128, 1, MG_DTYPE_F32); /* Qwen2.5-7B group of 7, FP32 cache */
 }
 
 /* ---- argmax ----------------------------------------------------------------------------- */

@@ -1,23 +1,23 @@
 #!/usr/bin/env bash
 # tools/gpu-check.sh [MODEL_DIR] - the CUDA backend's checks on a GPU machine,
 # in one call (about 6-8 minutes on an H100):
-#   build      make CUDA=1 (or the prebuilt tarball from tools/gpu-prep.sh)
+#   build      the prebuilt tarball from tools/gpu-prep.sh, else make CUDA=1
 #   ops        tests/test_cuda_ops: every op vs the CPU reference, guards,
 #              invariant bitwise checks
-#   sanitizer  compute-sanitizer memcheck on the op tests (quick mode)
 #   model      tests/test_cuda_model: mg-llama-27m HF goldens on the GPU,
 #              GPU vs CPU agreement, the batched engine on the GPU
 #   generate   `margingate generate` GPU vs CPU on golden prompts
 #   hf-27m     tools/hf_oracle.py: GPU logits vs HF transformers, mg-llama-27m
 #   bench      build/cuda_bench at Llama-3.1-8B shapes (random weights from
 #              tools/make_checkpoint.py, written in the background meanwhile)
+#   sanitizer  compute-sanitizer memcheck on the op tests (quick mode, time-boxed)
 #   hf-8b      tools/hf_oracle.py on the 8B-shaped checkpoint (if time is left)
 # Each stage prints PASS/FAIL/SKIP and the script goes on; a summary table
-# comes last. Full logs go to $OUT (or a temporary directory).
+# comes last. Full logs go to $OUT (three files) when OUT is set.
 #
 # MODEL_DIR: mg-llama-27m (default $MG_MODEL_DIR, else gpu-carry/mg-llama-27m,
 # else ../shared/models/mg-llama-27m). Environment: OUT, MG_GPU_BUDGET_S
-# (seconds after which optional stages are skipped, default 420),
+# (seconds by which the time-boxed stages should be done, default 420),
 # MG_CKPT_DIR (where the 8B checkpoint goes, default /tmp/mg-llama8b-random),
 # MG_BENCH_ARGS (extra cuda_bench arguments), MG_CARRY (default gpu-carry).
 set -u
@@ -28,8 +28,15 @@ MODEL=${1:-${MG_MODEL_DIR:-}}
 if [ -z "$MODEL" ]; then
     if [ -d "$CARRY/mg-llama-27m" ]; then MODEL=$CARRY/mg-llama-27m; else MODEL=../shared/models/mg-llama-27m; fi
 fi
-OUT=${OUT:-$(mktemp -d /tmp/gpu-check.XXXXXX)}
-mkdir -p "$OUT"
+# Logs are written to a work directory; at the end they go to $OUT as one
+# tarball (gpu-check-logs.tar.xz) beside gpu-check.log (this console
+# output) and bench.md: the device returns at most 8 files from $OUT.
+RESULTS=${OUT:-}
+OUT=$(mktemp -d /tmp/gpu-check.XXXXXX)
+if [ -n "$RESULTS" ]; then
+    mkdir -p "$RESULTS"
+    exec > >(tee "$RESULTS/gpu-check.log") 2>&1
+fi
 BUDGET=${MG_GPU_BUDGET_S:-420}
 CKPT=${MG_CKPT_DIR:-/tmp/mg-llama8b-random}
 B=build-gpu
@@ -115,26 +122,6 @@ if [ $BUILT = 1 ]; then
     run_criterion ops "$OUT/ops.log" "$B/tests/test_cuda_ops"
 else
     stage ops SKIP "no build"
-fi
-
-# ---- compute-sanitizer ---------------------------------------------------------
-if [ $BUILT = 1 ] && command -v compute-sanitizer > /dev/null; then
-    MG_TEST_QUICK=1 timeout 300 compute-sanitizer --tool memcheck --target-processes all --print-limit 20 \
-        "$B/tests/test_cuda_ops" --jobs 1 > "$OUT/sanitizer.log" 2>&1
-    rc=$?
-    errs=$(grep -c 'ERROR SUMMARY:' "$OUT/sanitizer.log")
-    nerr=$(grep -oE 'ERROR SUMMARY: [0-9]+' "$OUT/sanitizer.log" | awk '{s += $3} END {print s + 0}')
-    read -r p f c t s <<< "$(criterion_counts "$OUT/sanitizer.log")"
-    if [ $rc = 124 ]; then
-        stage sanitizer FAIL "timed out after 300 s ($p/$t tests done)"
-    elif [ "${nerr:-0}" = 0 ] && [ "${errs:-0}" -gt 0 ] && [ "$f" = 0 ] && [ "$c" = 0 ]; then
-        stage sanitizer PASS "memcheck: 0 errors over $t tests"
-    else
-        stage sanitizer FAIL "memcheck: ${nerr:-?} errors, $f failed, $c crashed (rc $rc)"
-        grep -E 'Invalid|out of bounds|ERROR|Error' "$OUT/sanitizer.log" | head -n 8 | cut -c1-200
-    fi
-else
-    stage sanitizer SKIP "no build or no compute-sanitizer"
 fi
 
 # ---- model tests (mg-llama-27m goldens, engine) ----------------------------------
@@ -228,10 +215,31 @@ if [ $BUILT = 1 ]; then
     fi
 fi
 
+# ---- compute-sanitizer ---------------------------------------------------------
+if [ $BUILT = 1 ] && command -v compute-sanitizer > /dev/null; then
+    SAN_T=$(( BUDGET - $(el) )); [ $SAN_T -gt 240 ] && SAN_T=240; [ $SAN_T -lt 60 ] && SAN_T=60
+    MG_TEST_QUICK=1 timeout $SAN_T compute-sanitizer --tool memcheck --target-processes all --print-limit 20 \
+        "$B/tests/test_cuda_ops" --jobs 1 > "$OUT/sanitizer.log" 2>&1
+    rc=$?
+    errs=$(grep -c 'ERROR SUMMARY:' "$OUT/sanitizer.log")
+    nerr=$(grep -oE 'ERROR SUMMARY: [0-9]+' "$OUT/sanitizer.log" | awk '{s += $3} END {print s + 0}')
+    read -r p f c t s <<< "$(criterion_counts "$OUT/sanitizer.log")"
+    if [ $rc = 124 ]; then
+        stage sanitizer FAIL "timed out after $SAN_T s ($p/$t tests done)"
+    elif [ "${nerr:-0}" = 0 ] && [ "${errs:-0}" -gt 0 ] && [ "$f" = 0 ] && [ "$c" = 0 ]; then
+        stage sanitizer PASS "memcheck: 0 errors over $t tests"
+    else
+        stage sanitizer FAIL "memcheck: ${nerr:-?} errors, $f failed, $c crashed (rc $rc)"
+        grep -E 'Invalid|out of bounds|ERROR|Error' "$OUT/sanitizer.log" | head -n 8 | cut -c1-200
+    fi
+else
+    stage sanitizer SKIP "no build or no compute-sanitizer"
+fi
+
 # ---- HF oracle on the 8B-shaped checkpoint (optional) --------------------------------------
 if [ $BUILT = 1 ] && [ "$(cat "$OUT/checkpoint.rc" 2>/dev/null)" = 0 ]; then
-    if [ "$(el)" -lt "$BUDGET" ]; then
-        if timeout 240 python3 tools/hf_oracle.py --bin "$B/margingate" --model "$CKPT" --prompts 1 --new 200 \
+    if [ "$(el)" -lt $(( BUDGET - 60 )) ]; then
+        if timeout 200 python3 tools/hf_oracle.py --bin "$B/margingate" --model "$CKPT" --prompts 1 --new 200 \
             --device cuda --synthetic > "$OUT/hf8b.log" 2>&1; then
             stage hf-8b PASS "$(grep '^oracle' "$OUT/hf8b.log" | tail -n 1 | cut -c8-200)"
         else
@@ -247,5 +255,15 @@ rm -rf "$SHARED"
 echo
 [ -f "$OUT/bench.md" ] && cat "$OUT/bench.md"
 echo
-echo "== gpu-check summary ($(el) s, ${GPU_NAME:-no GPU}; logs: $OUT)"
+if [ -n "$RESULTS" ]; then
+    tar -C "$OUT" -cJf "$RESULTS/gpu-check-logs.tar.xz" . 2>/dev/null
+    [ -f "$OUT/bench.md" ] && cp "$OUT/bench.md" "$RESULTS/"
+    LOGS="$RESULTS/gpu-check-logs.tar.xz"
+else
+    LOGS=$OUT
+fi
+[ -n "$RESULTS" ] && rm -rf "$OUT"
+echo "== gpu-check summary ($(el) s, ${GPU_NAME:-no GPU}; logs: $LOGS)"
 printf '%s\n' "${SUMMARY[@]}"
+printf '%s\n' "${SUMMARY[@]}" | grep -q ' FAIL ' && exit 1
+exit 0

@@ -264,8 +264,12 @@ static void cuda_weights_release(const mg_model *model) {
 /* ---- rows ------------------------------------------------------------------ */
 
 static mg_cuda_rows rows_dev;
-static int32_t *rows_host;  /* staging for the packed metadata */
+/* Pinned staging for the packed metadata, so that the upload is
+ * asynchronous (no host wait inside a forward pass); `rows_uploaded` marks
+ * when the last upload has read it, before the staging is rewritten. */
+static int32_t *rows_host;
 static size_t rows_host_cap; /* int32 entries */
+static cudaEvent_t rows_uploaded;
 static int32_t *rows_buf;   /* device copy */
 static size_t rows_buf_cap;
 
@@ -305,11 +309,15 @@ static mg_status cuda_rows_prepare(mg_attn_rows *rows) {
     size_t items_cap = 0;
     for (int i = 0; i < n; i++) items_cap += (size_t)rows->positions[i] / 32 + 1; /* >= chunks of any mode */
     size_t need = 3 * (size_t)n + bt_total + 2 * (3 * (size_t)n_groups + 2 * items_cap + 2 * (size_t)n);
+    if (!rows_uploaded) MG_CUDA_TRY(cudaEventCreateWithFlags(&rows_uploaded, cudaEventDisableTiming));
+    MG_CUDA_TRY(cudaEventSynchronize(rows_uploaded)); /* the previous upload has read the staging */
     if (need > rows_host_cap) {
-        free(rows_host);
-        rows_host = (int32_t *)malloc(need * sizeof(int32_t));
-        rows_host_cap = rows_host ? need : 0;
-        if (!rows_host) return mg_error_set(MG_ERR_OOM, "cannot stage row metadata");
+        if (rows_host) MG_CUDA_TRY(cudaFreeHost(rows_host));
+        rows_host = NULL;
+        rows_host_cap = 0;
+        size_t cap = need + need / 2 + 1024;
+        MG_CUDA_TRY(cudaMallocHost((void **)&rows_host, cap * sizeof(int32_t)));
+        rows_host_cap = cap;
     }
     int32_t *h = rows_host;
     int32_t *tok = h, *pos = h + n, *bt_off = h + 2 * n, *bt = h + 3 * n;
@@ -380,7 +388,8 @@ static mg_status cuda_rows_prepare(mg_attn_rows *rows) {
         MG_CUDA_TRY(cudaMalloc((void **)&rows_buf, cap * sizeof(int32_t)));
         rows_buf_cap = cap;
     }
-    MG_TRY(cuda_upload(rows_buf, h, cur * sizeof(int32_t)));
+    MG_CUDA_TRY(cudaMemcpyAsync(rows_buf, h, cur * sizeof(int32_t), cudaMemcpyHostToDevice, mg_cuda.stream));
+    MG_CUDA_TRY(cudaEventRecord(rows_uploaded, mg_cuda.stream));
     rows_dev.n_rows = n;
     rows_dev.max_pos = max_pos;
     rows_dev.tokens = rows_buf;
