@@ -239,12 +239,13 @@ fi
 # ---- HF oracle on the 8B-shaped checkpoint (optional) --------------------------------------
 if [ $BUILT = 1 ] && [ "$(cat "$OUT/checkpoint.rc" 2>/dev/null)" = 0 ]; then
     if [ "$(el)" -lt $(( BUDGET - 60 )) ]; then
-        if timeout 200 python3 tools/hf_oracle.py --bin "$B/margingate" --model "$CKPT" --prompts 1 --new 200 \
-            --device cuda --synthetic > "$OUT/hf8b.log" 2>&1; then
+        if timeout 240 python3 tools/hf_oracle.py --bin "$B/margingate" --model "$CKPT" --prompts 1 --new 200 \
+            --device cuda --synthetic --bench > "$OUT/hf8b.log" 2>&1; then
             stage hf-8b PASS "$(grep '^oracle' "$OUT/hf8b.log" | tail -n 1 | cut -c8-200)"
         else
             stage hf-8b FAIL "$(tail -n 1 "$OUT/hf8b.log" | cut -c1-180)"
         fi
+        grep -E '^(oracle|hf-bench|  )' "$OUT/hf8b.log" | head -n 6 | cut -c1-200
     else
         stage hf-8b SKIP "time budget ($(el) s > $BUDGET s)"
     fi

@@ -75,6 +75,8 @@ def main():
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--synthetic", action="store_true")
     ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--bench", action="store_true",
+                    help="then time HF's own BF16 decode (eager, KV cache) at batch 1 and 8, context 512")
     args = ap.parse_args()
 
     golden = os.path.join(args.model, "golden.json")
@@ -130,9 +132,37 @@ def main():
     print(f"oracle {res['model']}: {n} positions; ours fp32 top-1 {res['fp32']['top1']:.3f} err median "
           f"{res['fp32']['err_median']:.1e}; ours bf16 top-1 {res['bf16']['top1']:.3f} err median "
           f"{res['bf16']['err_median']:.1e} max {res['bf16']['err_max']:.1e}")
+    if args.bench:
+        res["hf_tpot_ms"] = hf_decode_bench(model, torch)
     if args.json:
         json.dump(res, open(args.json, "w"), indent=1)
     sys.exit(0 if ok else 1)
+
+
+def hf_decode_bench(model, torch):
+    """HF transformers' BF16 decode time per step (eager attention, dynamic
+    KV cache, greedy) after a 512-token prompt: the difference between
+    generating 40 and 8 tokens, over 32 steps, so the prefill cancels."""
+    import time
+    model.to(torch.bfloat16)
+    vocab = model.config.vocab_size
+    out = {}
+    for batch in (1, 8):
+        g = torch.Generator().manual_seed(batch)
+        ids = torch.randint(3, vocab, (batch, 512), generator=g).to("cuda")
+        def gen(n):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                               do_sample=False, pad_token_id=0)
+            torch.cuda.synchronize()
+            return time.perf_counter() - t0
+        gen(4)  # warm-up
+        t = (gen(40) - gen(8)) / 32
+        out[batch] = t * 1e3
+        print(f"hf-bench eager bf16 batch {batch} ctx 512: TPOT {t * 1e3:.2f} ms ({batch / t:.0f} tok/s)", flush=True)
+    return out
 
 
 if __name__ == "__main__":
