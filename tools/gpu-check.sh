@@ -61,6 +61,13 @@ criterion_counts() {
     echo "${p:-0} ${f:-0} ${c:-0} ${t:-0} $(grep -c 'SKIPPED' "$1")"
 }
 
+# A carried model may hold model.safetensors.xz (gpu-prep.sh with
+# MG_PREP_XZ=1, to fit the carry limit): unpack a copy in /tmp.
+if [ ! -f "$MODEL/model.safetensors" ] && [ -f "$MODEL/model.safetensors.xz" ]; then
+    UNPACKED=/tmp/mg-model-$(basename "$MODEL")
+    rm -rf "$UNPACKED" && mkdir -p "$UNPACKED" && cp "$MODEL"/*.json "$UNPACKED/" &&
+        xz -dc "$MODEL/model.safetensors.xz" > "$UNPACKED/model.safetensors" && MODEL=$UNPACKED
+fi
 say "gpu-check: model $MODEL, logs in $OUT"
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv,noheader

@@ -32,9 +32,16 @@ for b in margingate tests/test_cuda_ops; do ldd "$BUILD/$b"; done | awk '$3 ~ /^
 tar -C "$STAGE" -cf - . | xz -9 -T0 > "$CARRY/prebuilt.tar.xz"
 if [ ! -d "$CARRY/mg-llama-27m" ] && [ -d ../shared/models/mg-llama-27m ]; then
     mkdir -p "$CARRY/mg-llama-27m"
-    for f in config.json generation_config.json golden.json model.safetensors tokenizer.json tokenizer_config.json; do
+    for f in config.json generation_config.json golden.json tokenizer.json tokenizer_config.json; do
         cp ../shared/models/mg-llama-27m/$f "$CARRY/mg-llama-27m/"
     done
+    # MG_PREP_XZ=1: carry the weights xz-compressed (about 13 MB smaller);
+    # gpu-check.sh unpacks them.
+    if [ "${MG_PREP_XZ:-0}" = 1 ]; then
+        xz -9 -T0 -c ../shared/models/mg-llama-27m/model.safetensors > "$CARRY/mg-llama-27m/model.safetensors.xz"
+    else
+        cp ../shared/models/mg-llama-27m/model.safetensors "$CARRY/mg-llama-27m/"
+    fi
 fi
 echo "gpu-prep: $(du -sh "$CARRY/prebuilt.tar.xz" | cut -f1) prebuilt, $(ls "$STAGE/lib" | wc -l) libraries;" \
     "carry total $(du -sh "$CARRY" | cut -f1)"
