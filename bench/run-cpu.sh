@@ -84,7 +84,7 @@ md=$base.md
 txt=$(mktemp /tmp/margingate-bench-out.XXXXXX)
 
 clock=${clock:-wall}
-cmd="margingate bench -m $model --threads $threads --clock $clock --json $(basename "$json") $*"
+cmd="margingate bench -m $model --threads $threads --clock $clock --json $(basename "$json")${*:+ $*}"
 start=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 t0=$(date +%s)
 "$bin" bench -m "$model" --threads "$threads" --clock "$clock" --json "$json" "$@" >"$txt"
@@ -116,7 +116,7 @@ cc_version=$(${CC:-cc} --version | head -n 1)
     echo "| commit | $source_desc: $subject |"
     echo "| compiler | $cc_version, \`-O2 -march=native -fopenmp -ffp-contract=off\` |"
     echo "| model | $(basename "$model") |"
-    echo "| command | \`bench/run-cpu.sh $*\`, i.e. \`$cmd\` |"
+    echo "| command | \`bench/run-cpu.sh${*:+ $*}\`, i.e. \`$cmd\` |"
     echo "| machine busy (other processes) | ${busy}% before the run (after waiting ${waited} s), ${busy_after}% after; the cpu column below shows the run's own share |"
     echo
     sed -n '2p' "$txt"
