@@ -27,6 +27,11 @@ int cli_fail(const char *cmd, const char *what);
 /* Hint printed when the model path does not exist. Returns 1. */
 int cli_model_missing(const char *cmd, const char *path);
 
+/* MarginGate's tau for the model at `model_path` when no --tau was given:
+ * the value `margingate calibrate` stored in the user's settings, else
+ * `fallback`. Says on stderr which one it uses. */
+float cli_default_tau(const char *model_path, float fallback);
+
 /* Parses a whole string as an int / float / uint64; returns 0 on success. */
 int cli_parse_int(const char *s, int *out);
 int cli_parse_float(const char *s, float *out);

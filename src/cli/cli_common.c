@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 
+#include "../study/calibration.h"
 #include "../util/status.h"
 #include "cli.h"
 
@@ -54,4 +55,15 @@ int cli_parse_u64(const char *s, unsigned long long *out) {
     if (errno || end == s || *end || *s == '-') return -1;
     *out = v;
     return 0;
+}
+
+float cli_default_tau(const char *model_path, float fallback) {
+    float tau;
+    if (mg_calibration_load(model_path, &tau) == MG_OK) {
+        fprintf(stderr, "margingate: MarginGate tau %g, calibrated for this model (margingate calibrate)\n", tau);
+        return tau;
+    }
+    fprintf(stderr, "margingate: MarginGate tau %g (default; `margingate calibrate` chooses one for this model)\n",
+            fallback);
+    return fallback;
 }

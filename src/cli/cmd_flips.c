@@ -213,7 +213,6 @@ int cmd_flips(int argc, char **argv) {
     mg_tokenizer *tok;
     mg_model_format fmt;
     if (mg_open_model(model_path, &model, &tok, &fmt) != MG_OK) return cli_fail("flips", "cannot load the model");
-    if (isnan(tau) && mg_calibration_load(model_path, &tau) != MG_OK) tau = NAN;
     mkdir(out_dir, 0755);
     char date[32];
     time_t now = time(NULL);
@@ -244,10 +243,10 @@ int cmd_flips(int argc, char **argv) {
         plot(out_dir, steps, flips);
     }
     if (rc == 0 && modes) {
-        float tau_used = isnan(tau) ? 0.5f : tau;
+        float tau_used = isnan(tau) ? cli_default_tau(model_path, 0.5f) : tau;
         printf("\nsequence-level determinism through the engine (solo vs batch %d, all arriving at once), "
-               "margingate tau %.4g%s\n",
-               fo.batch, tau_used, isnan(tau) ? " (default; run `margingate calibrate`)" : "");
+               "margingate tau %.4g\n",
+               fo.batch, tau_used);
         printf("%-10s %-17s %10s %9s %9s %9s %10s %9s %9s\n", "dataset", "mode", "identical", "trigger", "repairs",
                "rollback", "recompute", "solo_s", "batch_s");
         char *list = strdup(modes);
