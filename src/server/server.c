@@ -198,6 +198,11 @@ out:
     pthread_cond_destroy(&s->work_cv);
     pthread_mutex_destroy(&s->mu);
     free(s);
+    /* Take any further SIGINT/SIGTERM that arrived while stopping, so that
+     * restoring the mask does not kill the process on the way out. */
+    struct timespec zero = {0, 0};
+    while (sigtimedwait(&sigs, NULL, &zero) > 0) {
+    }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc == 0) fprintf(stderr, "margingate serve: stopped\n");
     return rc;
