@@ -26,6 +26,7 @@ static void usage(FILE *f) {
             "  --out DIR       CSV files and PNG plots (default flips-out)\n"
             "  --modes LIST    also measure sequence-level determinism of these modes\n"
             "                  (comma list of off,invariant,llm42,margingate,margingate-always)\n"
+            "  --modes-only    skip the flip study, run only the --modes comparison\n"
             "  --tau T         MarginGate threshold (default: calibrated value, else 0.5)\n"
             "  --llm42-window W, --llm42-group B   LLM-42 settings (default 64, 8)\n"
             "  --fp32          FP32 activations (default BF16)\n"
@@ -164,7 +165,7 @@ static int study_dataset(const char *name, const mg_model *model, const mg_token
 }
 
 int cmd_flips(int argc, char **argv) {
-    enum { O_BATCH = 256, O_NEW, O_LIMIT, O_MAXP, O_OUT, O_MODES, O_TAU, O_W, O_B, O_FP32, O_THREADS, O_DATASET };
+    enum { O_BATCH = 256, O_NEW, O_LIMIT, O_MAXP, O_OUT, O_MODES, O_TAU, O_W, O_B, O_FP32, O_THREADS, O_DATASET, O_MODES_ONLY };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},   {"dataset", required_argument, 0, O_DATASET},
         {"batch", required_argument, 0, O_BATCH}, {"max-new", required_argument, 0, O_NEW},
@@ -172,10 +173,11 @@ int cmd_flips(int argc, char **argv) {
         {"out", required_argument, 0, O_OUT},   {"modes", required_argument, 0, O_MODES},
         {"tau", required_argument, 0, O_TAU},   {"llm42-window", required_argument, 0, O_W},
         {"llm42-group", required_argument, 0, O_B}, {"fp32", no_argument, 0, O_FP32},
-        {"threads", required_argument, 0, O_THREADS}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+        {"threads", required_argument, 0, O_THREADS}, {"modes-only", no_argument, 0, O_MODES_ONLY},
+        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     const char *model_flag = NULL, *dataset = NULL, *out_dir = "flips-out", *modes = NULL;
     mg_flip_opts fo = {.batch = 32, .max_new = 128, .n_probes = 24, .precision = MG_ACT_BF16};
-    int max_prompt = 256, threads = 0, c, W = 64, Bv = 8;
+    int max_prompt = 256, threads = 0, c, W = 64, Bv = 8, modes_only = 0;
     float tau = NAN;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:h", opts, NULL)) != -1) {
@@ -194,6 +196,7 @@ int cmd_flips(int argc, char **argv) {
         case O_B: bad = cli_parse_int(optarg, &Bv) || Bv < 1; break;
         case O_FP32: fo.precision = MG_ACT_FP32; break;
         case O_THREADS: bad = cli_parse_int(optarg, &threads) || threads < 1; break;
+        case O_MODES_ONLY: modes_only = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -202,7 +205,7 @@ int cmd_flips(int argc, char **argv) {
             return 2;
         }
     }
-    if (!dataset || optind != argc) {
+    if (!dataset || optind != argc || (modes_only && !modes)) {
         usage(stderr);
         return 2;
     }
@@ -217,12 +220,14 @@ int cmd_flips(int argc, char **argv) {
     char date[32];
     time_t now = time(NULL);
     strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", gmtime(&now));
-    printf("flip study: %s, batch %d, %d new tokens, up to %d prompts per dataset (cut to %d tokens), %s "
-           "activations, fast CPU kernels, %d threads, %s\n",
-           model_path, fo.batch, fo.max_new, fo.n_probes, max_prompt, fo.precision == MG_ACT_BF16 ? "BF16" : "FP32",
-           omp_get_max_threads(), date);
-    printf("%-10s %5s %6s %8s %6s %9s %12s %9s %9s %9s %10s %10s\n", "dataset", "batch", "prompts", "sync", "flips",
-           "rate", "seq_diverged", "m_p50", "mflip_p50", "mflip_max", "kv_before", "kv_at_flip");
+    if (!modes_only) {
+        printf("flip study: %s, batch %d, %d new tokens, up to %d prompts per dataset (cut to %d tokens), %s "
+               "activations, fast CPU kernels, %d threads, %s\n",
+               model_path, fo.batch, fo.max_new, fo.n_probes, max_prompt, fo.precision == MG_ACT_BF16 ? "BF16" : "FP32",
+               omp_get_max_threads(), date);
+        printf("%-10s %5s %6s %8s %6s %9s %12s %9s %9s %9s %10s %10s\n", "dataset", "batch", "prompts", "sync", "flips",
+               "rate", "seq_diverged", "m_p50", "mflip_p50", "mflip_max", "kv_before", "kv_at_flip");
+    }
     int rc = 0, n_sets = 0;
     const char **sets = all_datasets;
     if (strcmp(dataset, "all") != 0) sets = &dataset, n_sets = 1;
@@ -230,9 +235,17 @@ int cmd_flips(int argc, char **argv) {
     mg_dataset ds[4];
     mg_flip_report reports[4];
     int loaded = 0;
-    for (int i = 0; i < n_sets && rc == 0; i++, loaded++)
-        rc = study_dataset(sets[i], model, tok, &fo, max_prompt, out_dir, i == 0, &ds[i], &reports[i]);
-    if (rc == 0) {
+    for (int i = 0; i < n_sets && rc == 0; i++, loaded++) {
+        memset(&reports[i], 0, sizeof reports[i]);
+        if (modes_only) {
+            int need = fo.n_probes > fo.batch ? fo.n_probes : fo.batch;
+            if (mg_dataset_load(sets[i], tok, need, max_prompt, &ds[i]) != MG_OK)
+                rc = cli_fail("flips", "cannot load the dataset");
+        } else {
+            rc = study_dataset(sets[i], model, tok, &fo, max_prompt, out_dir, i == 0, &ds[i], &reports[i]);
+        }
+    }
+    if (rc == 0 && !modes_only) {
         printf("columns: sync = synchronous decode steps; rate = flips / sync; m_p50 = median batched margin of all "
                "steps;\n  mflip = batched margin at flips; kv_before / kv_at_flip = mean relative K/V perturbation "
                "over the %d steps before a flip / at the flip\n",
