@@ -8,8 +8,11 @@
 #              GPU vs CPU agreement, the batched engine on the GPU
 #   generate   `margingate generate` GPU vs CPU on golden prompts
 #   hf-27m     tools/hf_oracle.py: GPU logits vs HF transformers, mg-llama-27m
+#   ops-v2     the op tests again with MG_CUDA_SKINNY_V2=1 MG_CUDA_SKINNY_MAX=64
 #   bench      build/cuda_bench at Llama-3.1-8B shapes (random weights from
 #              tools/make_checkpoint.py, written in the background meanwhile)
+#   skinny-v2  invariant decode, batch 1-64 ctx 512, with the candidate
+#              skinny kernel (v2) and with today's (v1) up to 64 rows
 #   sanitizer  compute-sanitizer memcheck on the op tests (quick mode, time-boxed)
 #   hf-8b      tools/hf_oracle.py on the 8B-shaped checkpoint (if time is left)
 # Each stage prints PASS/FAIL/SKIP and the script goes on; a summary table
@@ -127,6 +130,10 @@ run_criterion() { # NAME LOG BINARY ARGS...
 }
 if [ $BUILT = 1 ]; then
     run_criterion ops "$OUT/ops.log" "$B/tests/test_cuda_ops"
+    # The same tests with the candidate skinny kernel (split loads prefetched,
+    # up to 64 rows): its bitwise invariance checks decide whether it may
+    # become the default (timed in the skinny-v2 stage below).
+    MG_CUDA_SKINNY_V2=1 MG_CUDA_SKINNY_MAX=64 run_criterion ops-v2 "$OUT/ops-v2.log" "$B/tests/test_cuda_ops"
 else
     stage ops SKIP "no build"
 fi
@@ -222,6 +229,25 @@ if [ $BUILT = 1 ]; then
     fi
 fi
 
+# ---- candidate skinny kernel: invariant decode with MG_CUDA_SKINNY_V2=1 --------------------
+# Rows "v2 max 64" (prefetched splits, skinny up to batch 64) and "v1 max 64"
+# (today's skinny kernel up to batch 64) next to the invariant rows above.
+if [ $BUILT = 1 ] && [ -f "$OUT/bench.md" ]; then
+    : > "$OUT/bench-v2.md"
+    for cfg in "1 64" "0 64"; do
+        set -- $cfg
+        if MG_CUDA_SKINNY_V2=$1 MG_CUDA_SKINNY_MAX=$2 timeout 90 "$B/cuda_bench" -m "$CKPT" --kernels invariant \
+            --batch 1,8,32,64 --ctx 512 --steps 8 --prefill 0 --out "$OUT/bench-v2-$1.md" >> "$OUT/bench-v2.log" 2>&1; then
+            grep -E '^\| invariant ' "$OUT/bench-v2-$1.md" | sed "s/^| invariant /| invariant v$(( $1 + 1 )) max $2 /" >> "$OUT/bench-v2.md"
+        else
+            echo "| v$(( $1 + 1 )) max $2 | failed: $(tail -n 1 "$OUT/bench-v2.log" | cut -c1-120) |" >> "$OUT/bench-v2.md"
+        fi
+    done
+    v2b1=$(grep -E '^\| invariant v2 max 64 \| 1 \| 512 ' "$OUT/bench-v2.md" | awk -F'|' '{print $5}' | tr -d ' ')
+    v2b64=$(grep -E '^\| invariant v2 max 64 \| 64 \| 512 ' "$OUT/bench-v2.md" | awk -F'|' '{print $5}' | tr -d ' ')
+    stage skinny-v2 PASS "invariant TPOT ms with v2: batch 1 ${v2b1:-?}, batch 64 ctx 512 ${v2b64:-?} (table below)"
+fi
+
 # ---- compute-sanitizer ---------------------------------------------------------
 if [ $BUILT = 1 ] && command -v compute-sanitizer > /dev/null; then
     SAN_T=$(( BUDGET - $(el) )); [ $SAN_T -gt 240 ] && SAN_T=240; [ $SAN_T -lt 60 ] && SAN_T=60
@@ -263,6 +289,12 @@ rm -rf "$SHARED"
 echo
 [ -f "$OUT/bench.md" ] && cat "$OUT/bench.md"
 echo
+if [ -s "$OUT/bench-v2.md" ]; then
+    echo "| kernels (MG_CUDA_SKINNY_V2, MG_CUDA_SKINNY_MAX) | batch | ctx | TPOT ms | tok/s | floor ms | TPOT/floor |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
+    cat "$OUT/bench-v2.md"
+    echo
+fi
 if [ -n "$RESULTS" ]; then
     tar -C "$OUT" -cJf "$RESULTS/gpu-check-logs.tar.xz" . 2>/dev/null
     [ -f "$OUT/bench.md" ] && cp "$OUT/bench.md" "$RESULTS/"

@@ -465,6 +465,7 @@ static mg_status cuda_init(void) {
     mg_cuda.smem_optin = prop.sharedMemPerBlockOptin;
     MG_CUDA_TRY(cudaStreamCreateWithFlags(&mg_cuda.stream, cudaStreamNonBlocking));
     mg_cuda.skinny_max_rows = env_int("MG_CUDA_SKINNY_MAX", 32);
+    mg_cuda.skinny_v2 = env_int("MG_CUDA_SKINNY_V2", 0) != 0;
     const char *fg = getenv("MG_CUDA_FAST_GEMM");
     mg_cuda.fast_gemm_tc = fg && !strcmp(fg, "tc");
     mg_cuda.ready = 1;

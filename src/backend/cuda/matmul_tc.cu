@@ -21,6 +21,9 @@ static __device__ __forceinline__ void mma_block(float *c, const uint4 &alo, con
 }
 
 static __device__ __forceinline__ uint4 ld_weights(const bf16 *p) { return __ldg((const uint4 *)p); }
+static __device__ __forceinline__ void prefetch_l2(const bf16 *p) {
+    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
+}
 static __device__ __forceinline__ uint4 ld_act(const bf16 *p) { return *(const uint4 *)p; }
 
 template <typename TO> static __device__ __forceinline__ void store_out(void *out, size_t i, float v) {
@@ -49,7 +52,13 @@ static __device__ __forceinline__ seg_sel find_seg(const mg_tc_args &a, int tile
 
 #define SK_WARPS 8
 
-template <int NT, typename TO> __global__ void __launch_bounds__(SK_WARPS * 32) mm_skinny(mg_tc_args a) {
+/* PRE (MG_CUDA_SKINNY_V2=1): a full split's 16 weight loads per thread
+ * (8 blocks x 2 rows, 256 bytes) are issued before its first mma, so that
+ * a warp keeps 8 KiB of weights in flight instead of what the compiler
+ * hoists from the rolled loop; the mma sequence, hence every bit, is the
+ * same as without PRE. */
+template <int NT, typename TO, bool PRE>
+__global__ void __launch_bounds__(SK_WARPS * 32) mm_skinny(mg_tc_args a) {
     constexpr int ELEMS = NT * 4 * 32, PER_T = (ELEMS + SK_WARPS * 32 - 1) / (SK_WARPS * 32);
     __shared__ float part[SK_WARPS][NT * 4][32];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -79,6 +88,39 @@ template <int NT, typename TO> __global__ void __launch_bounds__(SK_WARPS * 32) 
 #pragma unroll
             for (int j = 0; j < NT; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
             const int kb1 = min((s + 1) * kbs, nkb);
+            constexpr int KBS = MG_TC_SPLIT / 32;
+            if (PRE && kb1 - s * kbs == KBS) {
+                const size_t k0 = (size_t)s * MG_TC_SPLIT;
+                uint4 alo[KBS], ahi[KBS];
+                /* ptxas interleaves the loads below with the mma (about 6
+                 * in flight, 3 without PRE): L2 prefetches of the whole
+                 * split first put all 16 of a thread's reads in flight. */
+#pragma unroll
+                for (int i = 0; i < KBS; i++) {
+                    prefetch_l2(w0 + k0 + 32 * i);
+                    prefetch_l2(w1 + k0 + 32 * i);
+                }
+                /* Unconditional loads (out-of-range rows point at row 0),
+                 * zeroed afterwards: no branch between the loads. */
+#pragma unroll
+                for (int i = 0; i < KBS; i++) {
+                    alo[i] = ld_weights(w0 + k0 + 32 * i);
+                    ahi[i] = ld_weights(w1 + k0 + 32 * i);
+                }
+#pragma unroll
+                for (int i = 0; i < KBS; i++) {
+                    if (!ok0) alo[i] = zero;
+                    if (!ok1) ahi[i] = zero;
+                }
+#pragma unroll
+                for (int i = 0; i < KBS; i++)
+#pragma unroll
+                    for (int j = 0; j < NT; j++) {
+                        uint4 b = ld_act(xr[j] + k0 + 32 * i);
+                        if (!okx[j]) b = zero;
+                        mma_block(acc[j], alo[i], ahi[i], b);
+                    }
+            } else
 #pragma unroll 4
             for (int kb = s * kbs; kb < kb1; kb++) {
                 const size_t k = (size_t)kb * 32;
@@ -248,12 +290,21 @@ template <typename TO> static mg_status launch_skinny(mg_tc_args *a, const mg_cu
     const int tiles = build_args(a, parts, n_parts, x, M, K, 16);
     const int nt = M <= 8 ? 1 : M <= 16 ? 2 : 4;
     dim3 grid(mg_div_up(M, 8 * nt), (unsigned)tiles);
-    if (nt == 1)
-        mm_skinny<1, TO><<<grid, SK_WARPS * 32, 0, mg_cuda.stream>>>(*a);
-    else if (nt == 2)
-        mm_skinny<2, TO><<<grid, SK_WARPS * 32, 0, mg_cuda.stream>>>(*a);
-    else
-        mm_skinny<4, TO><<<grid, SK_WARPS * 32, 0, mg_cuda.stream>>>(*a);
+    if (mg_cuda.skinny_v2) {
+        if (nt == 1)
+            mm_skinny<1, TO, true><<<grid, SK_WARPS * 32, 0, mg_cuda.stream>>>(*a);
+        else if (nt == 2)
+            mm_skinny<2, TO, true><<<grid, SK_WARPS * 32, 0, mg_cuda.stream>>>(*a);
+        else
+            mm_skinny<4, TO, true><<<grid, SK_WARPS * 32, 0, mg_cuda.stream>>>(*a);
+    } else {
+        if (nt == 1)
+            mm_skinny<1, TO, false><<<grid, SK_WARPS * 32, 0, mg_cuda.stream>>>(*a);
+        else if (nt == 2)
+            mm_skinny<2, TO, false><<<grid, SK_WARPS * 32, 0, mg_cuda.stream>>>(*a);
+        else
+            mm_skinny<4, TO, false><<<grid, SK_WARPS * 32, 0, mg_cuda.stream>>>(*a);
+    }
     MG_CUDA_LAUNCHED("mm_skinny");
     return MG_OK;
 }
