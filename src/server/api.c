@@ -565,7 +565,7 @@ char *mg_api_chunk_sse(const mg_srv *s, const mg_job *j, size_t from, size_t to,
     cJSON_AddNumberToObject(c, "index", 0);
     char *piece = malloc(to - from + 1);
     if (piece) {
-        memcpy(piece, j->text + from, to - from);
+        if (to > from) memcpy(piece, j->text + from, to - from);
         piece[to - from] = '\0';
     }
     if (j->chat) {

@@ -137,6 +137,10 @@ static enum MHD_Result fail(conn_ctx *x, struct MHD_Connection *c, int status, c
 static int sse_put(sse_state *ss, char *chunk) {
     if (!chunk) return -1;
     size_t n = strlen(chunk);
+    if (n == 0) {
+        free(chunk);
+        return 0;
+    }
     if (ss->len + n > ss->cap) {
         size_t cap = (ss->len + n) * 2;
         char *b = realloc(ss->out, cap);

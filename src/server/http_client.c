@@ -182,9 +182,10 @@ int mg_http_do(const mg_http_request *req, mg_http_response *resp, char *err, si
     decoder d = {.req = req, .resp = resp};
     int rc = -1;
     char hb[1024];
+    int v6 = strchr(req->host, ':') != NULL; /* an IPv6 literal goes in brackets */
     snprintf(hb, sizeof hb,
-             "%s %s HTTP/1.1\r\nHost: %s:%d\r\nConnection: close\r\nUser-Agent: margingate\r\nAccept: */*\r\n",
-             req->method, req->path, req->host, req->port);
+             "%s %s HTTP/1.1\r\nHost: %s%s%s:%d\r\nConnection: close\r\nUser-Agent: margingate\r\nAccept: */*\r\n",
+             req->method, req->path, v6 ? "[" : "", req->host, v6 ? "]" : "", req->port);
     if (buf_put(&head, hb, strlen(hb))) goto out;
     if (req->body) {
         snprintf(hb, sizeof hb, "Content-Length: %zu\r\n", req->body_len);

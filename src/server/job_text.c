@@ -36,7 +36,7 @@ static int decode_raw(mg_job *j, size_t n) {
 /* Searches stop strings in the new part of the text; on a match cuts the
  * text and returns 1. Otherwise updates text_ready and returns 0. */
 static int check_stops(mg_job *j, int final) {
-    if (j->n_stop == 0) {
+    if (j->n_stop == 0 || !j->text) {
         j->text_ready = j->text_len;
         return 0;
     }

@@ -171,7 +171,8 @@ int mg_server_run(const mg_server_config *cfg) {
     int rc = 1, port = 0;
     struct MHD_Daemon *d = mg_http_start(s, &port);
     if (!d) goto out;
-    fprintf(stderr, "margingate serve: listening on http://%s:%d\n", cfg->host, port);
+    int v6 = strchr(cfg->host, ':') != NULL;
+    fprintf(stderr, "margingate serve: listening on http://%s%s%s:%d\n", v6 ? "[" : "", cfg->host, v6 ? "]" : "", port);
     if (load(s)) goto out;
     int sig = 0;
     while (sigwait(&sigs, &sig) != 0) {
