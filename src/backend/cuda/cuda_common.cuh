@@ -54,9 +54,9 @@ typedef struct {
     size_t smem_optin;  /* largest dynamic shared memory a block may opt into */
     cudaStream_t stream;
     /* Tunables, from the environment at init (docs/cuda.md). */
-    int skinny_max_rows;  /* MG_CUDA_SKINNY_MAX: tensor-core skinny kernel up to this many rows (32) */
+    int skinny_max_rows;  /* MG_CUDA_SKINNY_MAX: tensor-core skinny kernel up to this many rows (64) */
     int fast_gemm_tc;     /* MG_CUDA_FAST_GEMM=tc: the fast path uses the invariant kernels too */
-    int skinny_v2;        /* MG_CUDA_SKINNY_V2=1: skinny kernel issues a split's weight loads up front (0) */
+    int skinny_v2;        /* MG_CUDA_SKINNY_V2 (default 1): skinny kernel issues a split's weight loads up front */
 } mg_cuda_ctx;
 
 extern mg_cuda_ctx mg_cuda;
