@@ -536,7 +536,7 @@ int cmd_bench(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
-    if (threads) omp_set_num_threads(threads);
+    if (threads) omp_set_dynamic(0), omp_set_num_threads(threads); /* exactly what was asked */
 
     bench_header h = {.threads = omp_get_max_threads(), .prompts = dataset ? dataset : "synthetic"};
     time_t now = time(NULL);

@@ -209,7 +209,7 @@ int cmd_flips(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
-    if (threads) omp_set_num_threads(threads);
+    if (threads) omp_set_dynamic(0), omp_set_num_threads(threads); /* exactly what was asked */
     const char *model_path = cli_model_path(model_flag);
     if (cli_model_missing("flips", model_path)) return 1;
     mg_model *model;

@@ -173,7 +173,7 @@ int cmd_generate(int argc, char **argv) {
     }
     g.sampling.seed = seed;
     if (mg_sampling_validate(&g.sampling) != MG_OK) return cli_fail("generate", "bad sampling parameters");
-    if (threads) omp_set_num_threads(threads);
+    if (threads) omp_set_dynamic(0), omp_set_num_threads(threads); /* exactly what was asked */
 
     char *file_text = NULL;
     size_t prompt_len;

@@ -1,5 +1,7 @@
 /* margingate: deterministic LLM inference. Dispatches to subcommands. */
+#include <omp.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
@@ -24,6 +26,11 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
+    /* Let OpenMP use fewer threads when other processes keep the cores busy:
+     * spinning threads waiting for a descheduled peer at every op's barrier
+     * made decode 70x slower on a loaded 2-core machine. --threads N (and
+     * OMP_DYNAMIC) override this. */
+    if (!getenv("OMP_DYNAMIC")) omp_set_dynamic(1);
     if (argc < 2) {
         usage(stderr);
         return 2;
