@@ -69,7 +69,7 @@ typedef struct {
     long verified_steps; /* MarginGate: steps re-checked; LLM-42: tokens verified */
     long repairs;        /* MarginGate: mismatches repaired; LLM-42: mismatches found */
     long rolled_back;    /* LLM-42: tokens discarded by rollback */
-    long verify_passes;  /* forward passes spent verifying */
+    long verify_passes;  /* verification passes this request took part in (one pass serves several requests, so engine totals count request-passes) */
     double verify_s;     /* wall time spent in verification */
 } mg_mode_counters;
 
