@@ -11,38 +11,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cli_helpers.h"
 #include "shared_path.h"
-
-#define BIN "./build/margingate"
-
-typedef struct {
-    int rc;
-    char out[65536];
-    char err[8192];
-} cmd_result;
-
-/* Runs `cmdline` through sh, capturing stdout and stderr. */
-static cmd_result *run(const char *cmdline) {
-    static cmd_result r;
-    memset(&r, 0, sizeof r);
-    char full[8192], path[64];
-    snprintf(path, sizeof path, "/tmp/mg_bench_err_%d", (int)getpid());
-    snprintf(full, sizeof full, "%s 2>%s", cmdline, path);
-    FILE *p = popen(full, "r");
-    cr_assert_not_null(p);
-    size_t n = fread(r.out, 1, sizeof r.out - 1, p);
-    r.out[n] = '\0';
-    int st = pclose(p);
-    r.rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    FILE *e = fopen(path, "r");
-    if (e) {
-        n = fread(r.err, 1, sizeof r.err - 1, e);
-        r.err[n] = '\0';
-        fclose(e);
-        remove(path);
-    }
-    return &r;
-}
 
 static cJSON *read_json(const char *path) {
     FILE *f = fopen(path, "r");
@@ -102,7 +72,7 @@ Test(cli_bench, table_and_json_fields) {
              BIN " bench -m %s --batch 1,2 --new 4 --modes off,margingate --prompt-len 16 --prefill-len 32"
                  " --threads 2 --json %s",
              model, json);
-    cmd_result *r = run(cmd);
+    cmd_result *r = run_cmd(cmd);
     cr_assert_eq(r->rc, 0, "%s", r->err);
 
     /* Header, column names, one line per (mode, batch), long-prefill line. */
@@ -189,7 +159,7 @@ Test(cli_bench, always_llm42_and_increment_reduction) {
              BIN " bench -m %s --batch 2 --new 3 --modes off,llm42,margingate,margingate-always --prompt-len 8"
                  " --prefill-len 0 --llm42-window 4 --llm42-group 2 --tau 0.25 --threads 1 --clock cpu --json %s",
              model, json);
-    cmd_result *r = run(cmd);
+    cmd_result *r = run_cmd(cmd);
     cr_assert_eq(r->rc, 0, "%s", r->err);
     cr_assert(strstr(r->out, "increment reduction"), "%s", r->out);
     cr_assert(strstr(r->out, "W=4 B=2") && strstr(r->out, "tau 0.25") && strstr(r->out, "| clock cpu"), "%s",
@@ -224,7 +194,7 @@ Test(cli_bench, dataset_prompts) {
     MG_TEST_SHARED(data, "datasets/gsm8k_test.jsonl");
     snprintf(cmd, sizeof cmd, BIN " bench -m %s --dataset %s --batch 1 --new 2 --modes off --prefill-len 0", model,
              data);
-    cmd_result *r = run(cmd);
+    cmd_result *r = run_cmd(cmd);
     cr_assert_eq(r->rc, 0, "%s", r->err);
     cr_assert(strstr(r->out, "gsm8k_test.jsonl)"), "%s", r->out);
     cr_assert_not_null(table_line(r->out, "off", 1), "%s", r->out);
@@ -236,15 +206,15 @@ Test(cli_bench, bad_flags_and_missing_model) {
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         char cmd[256];
         snprintf(cmd, sizeof cmd, BIN " bench -m /nonexistent %s", bad[i]);
-        cmd_result *r = run(cmd);
+        cmd_result *r = run_cmd(cmd);
         cr_assert_eq(r->rc, 2, "%s: rc %d", bad[i], r->rc);
         cr_assert(r->err[0], "%s: an error message is expected", bad[i]);
     }
-    cmd_result *r = run(BIN " bench -m /nonexistent/model --batch 1");
+    cmd_result *r = run_cmd(BIN " bench -m /nonexistent/model --batch 1");
     cr_assert_eq(r->rc, 1);
     cr_assert(strstr(r->err, "/nonexistent/model") && strstr(r->err, "-m"), "%s", r->err);
     cr_assert_eq(strchr(r->err, '\n'), r->err + strlen(r->err) - 1, "one line expected: %s", r->err);
-    r = run(BIN " bench --help");
+    r = run_cmd(BIN " bench --help");
     cr_assert_eq(r->rc, 0);
     cr_assert(strstr(r->out, "--modes") && strstr(r->out, "--prefill-len") && strstr(r->out, "default"), "%s",
               r->out);

@@ -13,9 +13,9 @@
 #include "../src/engine/model_dir.h"
 #include "../src/sched/engine.h"
 #include "../src/util/file.h"
+#include "golden_helpers.h"
 #include "shared_path.h"
 
-#define GOLDEN_NEW 64
 
 static const mg_backend_ops *gpu_or_skip(void) {
     const mg_backend_ops *g = mg_backend_cuda();
@@ -29,45 +29,6 @@ ReportHook(POST_ALL)(struct criterion_global_stats *stats) {
     if (stats->tests_skipped == 0) return;
     const char *why = mg_backend_cuda() ? "see --verbose for the reasons" : mg_error_last();
     printf("%s: %zu of %zu tests SKIPPED: %s\n", "test_cuda_model", stats->tests_skipped, stats->nb_tests, why);
-}
-
-static cJSON *load_json(const char *path) {
-    char *text;
-    cr_assert_eq(mg_file_read(path, &text, NULL), MG_OK, "%s", mg_error_last());
-    cJSON *j = cJSON_Parse(text);
-    free(text);
-    cr_assert_not_null(j, "cannot parse %s", path);
-    return j;
-}
-
-static int32_t *json_ids(const cJSON *arr, int *n) {
-    *n = cJSON_GetArraySize(arr);
-    int32_t *ids = malloc((size_t)*n * sizeof(int32_t));
-    for (int i = 0; i < *n; i++) ids[i] = (int32_t)cJSON_GetArrayItem(arr, i)->valuedouble;
-    return ids;
-}
-
-typedef struct {
-    mg_model *model;
-    mg_tokenizer *tok;
-    cJSON *golden;
-} fixture;
-
-static fixture open_golden(void) {
-    char dir[1024], gpath[1100];
-    MG_TEST_SHARED(dir, "models/mg-llama-27m");
-    snprintf(gpath, sizeof gpath, "%s/golden.json", dir);
-    fixture f;
-    mg_model_format fmt;
-    cr_assert_eq(mg_open_model(dir, &f.model, &f.tok, &fmt), MG_OK, "%s", mg_error_last());
-    f.golden = load_json(gpath);
-    return f;
-}
-
-static void close_golden(fixture *f) {
-    cJSON_Delete(f->golden);
-    mg_model_free(f->model);
-    mg_tokenizer_free(f->tok);
 }
 
 /* Greedy generation of n_new tokens (stop tokens ignored) on a backend. */
@@ -112,7 +73,7 @@ static int golden_agreement(const cJSON *p, const mg_generate_result *r, double 
  * float32 forward within 1e-3 relative, and the argmax agrees. */
 Test(cuda_model, fp32_top20_logits) {
     const mg_backend_ops *g = gpu_or_skip();
-    fixture f = open_golden();
+    golden_fixture f = open_golden();
     double worst = 0;
     const cJSON *p;
     cJSON_ArrayForEach(p, cJSON_GetObjectItem(f.golden, "prompts")) {
@@ -144,7 +105,7 @@ Test(cuda_model, fp32_top20_logits) {
  * (a divergence at a reference margin below 1e-3 is reported, not failed). */
 Test(cuda_model, fp32_greedy_64) {
     const mg_backend_ops *g = gpu_or_skip();
-    fixture f = open_golden();
+    golden_fixture f = open_golden();
     int total = 0, agree = 0;
     const cJSON *p;
     cJSON_ArrayForEach(p, cJSON_GetObjectItem(f.golden, "prompts")) {
@@ -171,7 +132,7 @@ Test(cuda_model, fp32_greedy_64) {
  * with the CPU backend's BF16 run; a figure, checked only for sanity. */
 Test(cuda_model, bf16_agreement_report) {
     const mg_backend_ops *g = gpu_or_skip();
-    fixture f = open_golden();
+    golden_fixture f = open_golden();
     int total = 0, agree_hf[2] = {0, 0}, agree_cpu[2] = {0, 0}, n_prompts = 0;
     const cJSON *p;
     cJSON_ArrayForEach(p, cJSON_GetObjectItem(f.golden, "prompts")) {

@@ -1,0 +1,58 @@
+/* The mg-llama-27m golden fixture (HF transformers float32 reference,
+ * ../shared/models/mg-llama-27m/golden.json), shared by the CPU and CUDA
+ * model tests. */
+#ifndef MG_TEST_GOLDEN_HELPERS_H
+#define MG_TEST_GOLDEN_HELPERS_H
+
+#include <cjson/cJSON.h>
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "../src/engine/model_dir.h"
+#include "../src/util/file.h"
+#include "shared_path.h"
+
+#define GOLDEN_NEW 64
+
+static inline cJSON *load_json(const char *path) {
+    char *text;
+    cr_assert_eq(mg_file_read(path, &text, NULL), MG_OK, "%s", mg_error_last());
+    cJSON *j = cJSON_Parse(text);
+    free(text);
+    cr_assert_not_null(j, "cannot parse %s", path);
+    return j;
+}
+
+/* The ids of a JSON array (malloc'd, *n entries). */
+static inline int32_t *json_ids(const cJSON *arr, int *n) {
+    *n = cJSON_GetArraySize(arr);
+    int32_t *ids = malloc((size_t)*n * sizeof(int32_t));
+    for (int i = 0; i < *n; i++) ids[i] = (int32_t)cJSON_GetArrayItem(arr, i)->valuedouble;
+    return ids;
+}
+
+typedef struct {
+    mg_model *model;
+    mg_tokenizer *tok;
+    cJSON *golden;
+} golden_fixture;
+
+static inline golden_fixture open_golden(void) {
+    char dir[1024], gpath[1100];
+    MG_TEST_SHARED(dir, "models/mg-llama-27m");
+    snprintf(gpath, sizeof gpath, "%s/golden.json", dir);
+    golden_fixture f;
+    mg_model_format fmt;
+    cr_assert_eq(mg_open_model(dir, &f.model, &f.tok, &fmt), MG_OK, "%s", mg_error_last());
+    f.golden = load_json(gpath);
+    return f;
+}
+
+static inline void close_golden(golden_fixture *f) {
+    cJSON_Delete(f->golden);
+    mg_model_free(f->model);
+    mg_tokenizer_free(f->tok);
+}
+
+#endif
