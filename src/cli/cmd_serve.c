@@ -21,7 +21,8 @@ static void usage(FILE *f) {
             "  --max-running N       requests decoded together at most (default 64)\n"
             "  --kv-mb N             KV cache pool in MiB (default 256)\n"
             "  --max-body-bytes N    larger request bodies get 413 (default 4194304)\n"
-            "  --tau T               MarginGate margin threshold; 'inf' verifies every step (default 0.5)\n"
+            "  --tau T               MarginGate margin threshold; 'inf' verifies every step\n"
+            "                        (default: the value `margingate calibrate` stored, else 0.5)\n"
             "  --llm42-window W      LLM-42 tokens per verification window (default 64)\n"
             "  --llm42-group B       LLM-42 windows per verify pass (default 8)\n"
             "  --fp32                FP32 activations (default BF16 at op boundaries)\n"
@@ -48,7 +49,7 @@ int cmd_serve(int argc, char **argv) {
         {"help", no_argument, 0, 'h'},                 {0, 0, 0, 0}};
     mg_server_config cfg = mg_server_config_default();
     const char *model_flag = NULL;
-    int c, kv_mb = 0;
+    int c, kv_mb = 0, tau_given = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:h", opts, NULL)) != -1) {
         int bad = 0, v = 0;
@@ -66,6 +67,7 @@ int cmd_serve(int argc, char **argv) {
         case O_KV: bad = cli_parse_int(optarg, &kv_mb) || kv_mb < 1; break;
         case O_BODY: bad = cli_parse_int(optarg, &v) || v < 1; cfg.max_body_bytes = (size_t)v; break;
         case O_TAU:
+            tau_given = 1;
             if (!strcmp(optarg, "inf")) cfg.engine.margingate_tau = INFINITY;
             else bad = cli_parse_float(optarg, &cfg.engine.margingate_tau) || cfg.engine.margingate_tau < 0;
             break;
@@ -96,5 +98,6 @@ int cmd_serve(int argc, char **argv) {
     }
     cfg.model_path = cli_model_path(model_flag);
     if (cli_model_missing("serve", cfg.model_path)) return 1;
+    if (!tau_given) cfg.engine.margingate_tau = cli_default_tau(cfg.model_path, cfg.engine.margingate_tau);
     return mg_server_run(&cfg);
 }
