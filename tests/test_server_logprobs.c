@@ -3,6 +3,7 @@
  * emitted tokens, normalised, and bitwise reproducible where the mode makes
  * the logits reproducible. */
 #include <math.h>
+#include <omp.h>
 
 #include "engine_helpers.h"
 
@@ -77,6 +78,7 @@ static void check_consistent(const lp_out *o) {
 }
 
 Test(server_logprobs, consistent_and_reproducible_per_mode) {
+    omp_set_num_threads(1); /* robust timing on a shared 2-core machine */
     mg_model *m = load_small_model();
     const int solo[1] = {3};
     int batch[9];

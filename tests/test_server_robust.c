@@ -129,7 +129,7 @@ static void *fuzz_main(void *arg) {
         size_t n = mutate(&w->seed, buf, 16384);
         const char *path = paths[rng(&w->seed) % 2];
         mg_http_request rq = {.host = "127.0.0.1", .port = w->s->port, .method = "POST", .path = path, .body = buf,
-                              .body_len = n, .timeout_s = 120};
+                              .body_len = n, .timeout_s = 300};
         mg_http_response r;
         char err[256] = "";
         int rc = mg_http_do(&rq, &r, err, sizeof err);
@@ -154,7 +154,8 @@ static void *fuzz_main(void *arg) {
 
 Test(server_robust, fuzzed_bodies) {
     test_server s;
-    server_start(&s, "--max-model-len 40 --max-running 16");
+    /* A short context keeps the valid mutants cheap (under ASan too). */
+    server_start(&s, "--max-model-len 16 --max-running 16 --determinism off");
     enum { WORKERS = 8, PER = 375 }; /* 3000 bodies */
     fuzz_worker *w = calloc(WORKERS, sizeof *w);
     pthread_t th[WORKERS];
@@ -351,7 +352,7 @@ static const char *last_finish(const sse_events *e) {
 
 Test(server_robust, sigterm_during_streaming) {
     test_server s;
-    server_start(&s, "--drain-timeout 5");
+    server_start(&s, "--drain-timeout 3");
     stream_call longc = {.s = &s,
                          .body = "{\"prompt\": \"A very long story:\", \"max_tokens\": 4000, \"ignore_eos\": true, "
                                  "\"stream\": true, \"determinism\": \"off\"}"};

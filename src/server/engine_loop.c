@@ -7,6 +7,7 @@
  * visible tokens (detokenize, stop strings), finish the jobs that are done
  * and signal their condition variables. A cancelled job's engine request is
  * released before the next step, so its KV blocks are free for that step. */
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -238,6 +239,8 @@ static void harvest(mg_srv *s, mg_job **active, double now) {
 void *mg_engine_thread_main(void *arg) {
     mg_srv *s = arg;
     mg_job *active = NULL;
+    /* OpenMP's thread count is per thread: set it where the engine runs. */
+    if (s->cfg.threads > 0) omp_set_num_threads(s->cfg.threads);
     pthread_mutex_lock(&s->mu);
     for (;;) {
         intake(s, &active);

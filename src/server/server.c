@@ -10,7 +10,6 @@
  * waits for the responses to be written, and exits 0. */
 #include <errno.h>
 #include <microhttpd.h>
-#include <omp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -156,7 +155,6 @@ int mg_server_run(const mg_server_config *cfg) {
     pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
     pthread_cond_init(&s->idle_cv, &a);
     pthread_condattr_destroy(&a);
-    if (cfg->threads > 0) omp_set_num_threads(cfg->threads);
 
     /* Block the shutdown signals in every thread started from here on;
      * the main thread takes them with sigwait. Writes to closed sockets
