@@ -239,8 +239,15 @@ static void harvest(mg_srv *s, mg_job **active, double now) {
 void *mg_engine_thread_main(void *arg) {
     mg_srv *s = arg;
     mg_job *active = NULL;
-    /* OpenMP's thread count is per thread: set it where the engine runs. */
-    if (s->cfg.threads > 0) omp_set_num_threads(s->cfg.threads);
+    /* OpenMP's team-size settings are per thread: set them where the engine
+     * runs, as main() does for the other commands (exactly --threads when
+     * given, else a dynamic team unless OMP_DYNAMIC says otherwise). */
+    if (s->cfg.threads > 0) {
+        omp_set_dynamic(0);
+        omp_set_num_threads(s->cfg.threads);
+    } else if (!getenv("OMP_DYNAMIC")) {
+        omp_set_dynamic(1);
+    }
     pthread_mutex_lock(&s->mu);
     for (;;) {
         intake(s, &active);
