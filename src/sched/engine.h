@@ -17,7 +17,8 @@
  *   K/V overwritten in place, rollback to the first mismatch; only verified
  *   tokens are visible.
  * - MARGINGATE: batch-invariant prefill, fast decode; a step whose FP32
- *   top-1/top-2 margin is below tau (or every step with tau = infinity, the
+ *   top-1/top-2 margin is below tau, or that samples (temperature > 0: a
+ *   sampled token can move at any margin), or every step with tau = infinity (the
  *   "always" baseline) is recomputed with the invariant kernels; the verified
  *   token is emitted and the verifier's K/V replaces that position's K/V in
  *   every layer. */
