@@ -1,6 +1,7 @@
 /* The margingate command as a user runs it: outputs, exit codes and the
  * one-line errors for bad input (missing model, non-UTF-8 prompt, prompt
- * longer than the context, bad flags). Runs build/margingate. */
+ * longer than the context, bad flags, bad or unavailable --device). Runs
+ * build/margingate. */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -107,4 +108,132 @@ Test(cli, stories260k_llama2c_checkpoint) {
     cmd_result r = *run_cmd(cmd);
     cr_assert_eq(r.rc, 0, "%s", r.err);
     cr_assert(strstr(r.out, ", there was a little girl"), "%s", r.out);
+}
+
+/* ---- --device: every subcommand that computes ----------------------------- */
+
+/* Each computing subcommand with arguments that make a valid, small run on
+ * mg-llama-27m (and gsm8k_test.jsonl), so that --device decides the outcome.
+ * serve runs under `timeout` in case it starts after all. */
+static const char *device_cmds[][2] = {
+    {"generate", BIN " generate -m %s -p hi -n 2 --threads 1"},
+    {"flips", BIN " flips -m %s --dataset %s --batch 2 --limit 2 --max-new 3 --max-prompt 24 --threads 1 --out %s"},
+    {"calibrate", BIN " calibrate -m %s --dataset %s --batch 2 --limit 2 --max-new 3 --max-prompt 24 --threads 1 "
+                  "--dry-run"},
+    {"bench", BIN " bench -m %s --batch 1 --new 2 --modes off --prompt-len 8 --prefill-len 0 --threads 1"},
+    {"serve", "timeout 20 " BIN " serve -m %s --port 0 --threads 1"},
+};
+#define N_DEVICE_CMDS (sizeof device_cmds / sizeof *device_cmds)
+
+/* Runs device_cmds[i] with ` --device DEV` appended; MARGINGATE_CONFIG
+ * points at `cfg` so nothing reaches the user's settings. */
+static cmd_result *run_device_cmd(size_t i, const char *dev, const char *model, const char *data, const char *out,
+                                  const char *cfg) {
+    char base[2048], cmd[4096];
+    if (!strcmp(device_cmds[i][0], "flips")) snprintf(base, sizeof base, device_cmds[i][1], model, data, out);
+    else if (!strcmp(device_cmds[i][0], "calibrate")) snprintf(base, sizeof base, device_cmds[i][1], model, data);
+    else snprintf(base, sizeof base, device_cmds[i][1], model);
+    snprintf(cmd, sizeof cmd, "MARGINGATE_CONFIG=%s %s --device %s", cfg, base, dev);
+    return run_cmd(cmd);
+}
+
+static void device_paths(char *model, size_t nm, char *data, size_t nd, char *out, size_t no, char *cfg, size_t nc) {
+    char dir[1024];
+    MG_TEST_SHARED(dir, "models/mg-llama-27m");
+    snprintf(model, nm, "%s", dir);
+    MG_TEST_SHARED(dir, "datasets/gsm8k_test.jsonl");
+    snprintf(data, nd, "%s", dir);
+    snprintf(out, no, "/tmp/mg_cli_flips_%d", (int)getpid());
+    snprintf(cfg, nc, "/tmp/mg_cli_cfg_%d.json", (int)getpid());
+}
+
+Test(cli, device_cpu_runs_and_reports_name_it) {
+    char model[1024], data[1024], out[128], cfg[128];
+    device_paths(model, sizeof model, data, sizeof data, out, sizeof out, cfg, sizeof cfg);
+    char rm[256];
+    snprintf(rm, sizeof rm, "rm -rf '%s'", out);
+    cmd_result r = *run_device_cmd(1, "cpu", model, data, out, cfg); /* flips */
+    int rm_rc = system(rm);
+    cr_assert_eq(r.rc, 0, "%s", r.err);
+    cr_assert(strstr(r.out, "flip study: ") && strstr(r.out, ", device cpu, "), "%s", r.out);
+    cr_assert_eq(rm_rc, 0);
+    r = *run_device_cmd(2, "cpu", model, data, out, cfg); /* calibrate */
+    cr_assert_eq(r.rc, 0, "%s", r.err);
+    cr_assert(strstr(r.out, "calibration on ") && strstr(r.out, ", device cpu: "), "%s", r.out);
+    cr_assert_neq(access(cfg, F_OK), 0, "--dry-run must not write %s", cfg);
+    r = *run_device_cmd(3, "cpu", model, data, out, cfg); /* bench */
+    cr_assert_eq(r.rc, 0, "%s", r.err);
+    cr_assert(strstr(r.out, "margingate bench | model ") && strstr(r.out, " | device cpu | "), "%s", r.out);
+    /* --modes alone: its header names the device too. */
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd,
+             BIN " flips -m %s --dataset %s --batch 2 --limit 2 --max-new 3 --max-prompt 24 --threads 1 --out %s "
+                 "--modes off --modes-only --tau 0.5 --device cpu",
+             model, data, out);
+    r = *run_cmd(cmd);
+    rm_rc = system(rm);
+    cr_assert_eq(r.rc, 0, "%s", r.err);
+    cr_assert_eq(rm_rc, 0);
+    cr_assert(strstr(r.out, "sequence-level determinism") && strstr(r.out, ", device cpu\n"), "%s", r.out);
+    cr_assert_null(strstr(r.out, "flip study: "), "--modes-only skips the flip study: %s", r.out);
+    /* generate: the JSON record and the stderr summary. */
+    snprintf(cmd, sizeof cmd, BIN " generate -m %s -p hi -n 2 --device cpu --json", model);
+    r = *run_cmd(cmd);
+    cr_assert_eq(r.rc, 0, "%s", r.err);
+    cr_assert(strstr(r.out, "\"device\":\t\"cpu\""), "%s", r.out);
+    r = *run_device_cmd(0, "cpu", model, data, out, cfg);
+    cr_assert_eq(r.rc, 0, "%s", r.err);
+    cr_assert(strstr(r.err, "margingate: device cpu: prompt "), "%s", r.err);
+}
+
+Test(cli, device_invalid_value_rejected_by_every_subcommand) {
+    char model[1024], data[1024], out[128], cfg[128];
+    device_paths(model, sizeof model, data, sizeof data, out, sizeof out, cfg, sizeof cfg);
+    for (size_t i = 0; i < N_DEVICE_CMDS; i++) {
+        const char *name = device_cmds[i][0];
+        cmd_result r = *run_device_cmd(i, "tpu", model, data, out, cfg);
+        cr_assert_eq(r.rc, 2, "%s --device tpu: rc %d, %s", name, r.rc, r.err);
+        char want[256];
+        snprintf(want, sizeof want,
+                 "margingate %s: invalid value 'tpu' for --device (expected cpu, cuda or auto)\n", name);
+        cr_assert_str_eq(r.err, want, "%s", name);
+        cr_assert_str_eq(r.out, "", "%s printed on stdout: %s", name, r.out);
+        char help[128];
+        snprintf(help, sizeof help, BIN " %s --help", name);
+        r = *run_cmd(help);
+        cr_assert_eq(r.rc, 0, "%s --help", name);
+        cr_assert(strstr(r.out, "--device") && strstr(r.out, "auto"), "%s --help: %s", name, r.out);
+    }
+    cr_assert_neq(access(out, F_OK), 0, "flips must not start with a bad --device");
+}
+
+/* With --device auto, generate reports the device it picked: cuda exactly
+ * when a usable GPU is present. */
+static int gpu_usable(const char *model) {
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, BIN " generate -m %s -p hi -n 1 --device auto --json", model);
+    cmd_result *r = run_cmd(cmd);
+    cr_assert_eq(r->rc, 0, "%s", r->err);
+    int cuda = strstr(r->out, "\"device\":\t\"cuda\"") != NULL;
+    cr_assert(cuda || strstr(r->out, "\"device\":\t\"cpu\""), "auto names cpu or cuda: %s", r->out);
+    return cuda;
+}
+
+Test(cli, device_cuda_without_gpu_is_a_clear_error) {
+    char model[1024], data[1024], out[128], cfg[128];
+    device_paths(model, sizeof model, data, sizeof data, out, sizeof out, cfg, sizeof cfg);
+    if (gpu_usable(model)) cr_skip_test("a usable GPU is present: --device cuda works here");
+    for (size_t i = 0; i < N_DEVICE_CMDS; i++) {
+        const char *name = device_cmds[i][0];
+        cmd_result r = *run_device_cmd(i, "cuda", model, data, out, cfg);
+        cr_assert_eq(r.rc, 1, "%s --device cuda without a GPU: rc %d (-1 = killed by a signal), %s", name, r.rc,
+                     r.err);
+        char want[128];
+        snprintf(want, sizeof want, "margingate %s: cannot compute on --device cuda: ", name);
+        cr_assert_eq(strncmp(r.err, want, strlen(want)), 0, "%s: %s", name, r.err);
+        cr_assert_gt(strlen(r.err), strlen(want) + 1, "%s: the reason is missing: %s", name, r.err);
+        cr_assert_eq(strchr(r.err, '\n'), r.err + strlen(r.err) - 1, "%s: one line expected: %s", name, r.err);
+        cr_assert_str_eq(r.out, "", "%s printed on stdout: %s", name, r.out);
+    }
+    cr_assert_neq(access(out, F_OK), 0, "flips must not start without its device");
 }

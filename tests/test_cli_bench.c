@@ -76,7 +76,8 @@ Test(cli_bench, table_and_json_fields) {
     cr_assert_eq(r->rc, 0, "%s", r->err);
 
     /* Header, column names, one line per (mode, batch), long-prefill line. */
-    cr_assert(strstr(r->out, "margingate bench | model ") && strstr(r->out, "| threads 2 |") &&
+    cr_assert(strstr(r->out, "margingate bench | model ") && strstr(r->out, " | device ") &&
+                  strstr(r->out, "| threads 2 |") &&
                   strstr(r->out, "| cpu ") && strstr(r->out, "Z |"),
               "%s", r->out);
     const char *cols[] = {"mode", "batch", "prefill", "decode", "ms/step", "tok/s", "incr", "trigger", "repairs",
@@ -103,6 +104,12 @@ Test(cli_bench, table_and_json_fields) {
     cJSON *o = read_json(json);
     remove(json);
     cr_assert(cJSON_IsString(cJSON_GetObjectItem(o, "model")));
+    /* The default --device auto: the run names the backend it picked. */
+    const cJSON *dev = cJSON_GetObjectItem(o, "device");
+    cr_assert(cJSON_IsString(dev) && (!strcmp(dev->valuestring, "cpu") || !strcmp(dev->valuestring, "cuda")));
+    char want[64];
+    snprintf(want, sizeof want, " | device %s | ", dev->valuestring);
+    cr_assert(strstr(r->out, want), "table and JSON must name the same device: %s", r->out);
     cr_assert(cJSON_IsString(cJSON_GetObjectItem(o, "date")));
     cr_assert(cJSON_IsString(cJSON_GetObjectItem(o, "cpu")));
     cr_assert_eq(num(o, "threads"), 2);
@@ -188,6 +195,25 @@ Test(cli_bench, always_llm42_and_increment_reduction) {
     cJSON_Delete(o);
 }
 
+Test(cli_bench, device_cpu_named_in_table_and_json) {
+    char model[1024], cmd[2048], json[64];
+    model_dir(model, sizeof model);
+    snprintf(json, sizeof json, "/tmp/mg_bench_d_%d.json", (int)getpid());
+    snprintf(cmd, sizeof cmd,
+             BIN " bench -m %s --device cpu --batch 1 --new 2 --modes off --prompt-len 8 --prefill-len 0"
+                 " --threads 1 --json %s",
+             model, json);
+    cmd_result *r = run_cmd(cmd);
+    cr_assert_eq(r->rc, 0, "%s", r->err);
+    cr_assert(strstr(r->out, "margingate bench | model ") && strstr(r->out, " | device cpu | threads 1 |"), "%s",
+              r->out);
+    cr_assert_not_null(table_line(r->out, "off", 1), "%s", r->out);
+    cJSON *o = read_json(json);
+    remove(json);
+    cr_assert_str_eq(cJSON_GetObjectItem(o, "device")->valuestring, "cpu");
+    cJSON_Delete(o);
+}
+
 Test(cli_bench, dataset_prompts) {
     char model[1024], data[1024], cmd[4096];
     model_dir(model, sizeof model);
@@ -202,7 +228,8 @@ Test(cli_bench, dataset_prompts) {
 
 Test(cli_bench, bad_flags_and_missing_model) {
     const char *bad[] = {"--batch 0", "--batch 1,x", "--modes off,fast", "--modes off,off", "--new 1",
-                         "--tau -1", "--prompt-len 0", "--llm42-window 0", "--clock gpu", "--frobnicate", "extra"};
+                         "--tau -1", "--prompt-len 0", "--llm42-window 0", "--clock gpu", "--device tpu",
+                         "--device", "--frobnicate", "extra"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         char cmd[256];
         snprintf(cmd, sizeof cmd, BIN " bench -m /nonexistent %s", bad[i]);
@@ -216,6 +243,7 @@ Test(cli_bench, bad_flags_and_missing_model) {
     cr_assert_eq(strchr(r->err, '\n'), r->err + strlen(r->err) - 1, "one line expected: %s", r->err);
     r = run_cmd(BIN " bench --help");
     cr_assert_eq(r->rc, 0);
-    cr_assert(strstr(r->out, "--modes") && strstr(r->out, "--prefill-len") && strstr(r->out, "default"), "%s",
-              r->out);
+    cr_assert(strstr(r->out, "--modes") && strstr(r->out, "--prefill-len") && strstr(r->out, "--device") &&
+                  strstr(r->out, "default"),
+              "%s", r->out);
 }

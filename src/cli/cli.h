@@ -5,6 +5,8 @@
 
 #include <stdio.h>
 
+#include "../backend/backend.h"
+
 #define MG_DEFAULT_MODEL "../shared/models/mg-llama-27m"
 
 /* Each subcommand: argv[0] is the subcommand name. Returns the exit code. */
@@ -31,6 +33,15 @@ int cli_model_missing(const char *cmd, const char *path);
  * the value `margingate calibrate` stored in the user's settings, else
  * `fallback`. Says on stderr which one it uses. */
 float cli_default_tau(const char *model_path, float fallback);
+
+/* The backend for a --device value, the one rule of every subcommand that
+ * computes: "cpu", "cuda", or "auto" (cuda when a usable GPU is present,
+ * else cpu; also what a NULL `device` means). Returns 0 with *out set; 2
+ * after printing "margingate <cmd>: invalid value 'X' for --device
+ * (expected cpu, cuda or auto)" on stderr; 1 after printing why the device
+ * cannot be used (e.g. --device cuda without a GPU, or in a build without
+ * CUDA). Initialises the CUDA backend when it picks or tries it. */
+int cli_backend(const char *cmd, const char *device, const mg_backend_ops **out);
 
 /* Parses a whole string as an int / float / uint64; returns 0 on success. */
 int cli_parse_int(const char *s, int *out);

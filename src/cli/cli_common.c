@@ -1,6 +1,7 @@
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 
 #include "../study/calibration.h"
@@ -28,6 +29,22 @@ int cli_model_missing(const char *cmd, const char *path) {
     if (stat(path, &st) == 0) return 0;
     fprintf(stderr, "margingate %s: model not found at %s (give a model directory with -m MODEL_DIR)\n", cmd, path);
     return 1;
+}
+
+int cli_backend(const char *cmd, const char *device, const mg_backend_ops **out) {
+    *out = NULL;
+    if (!device) device = "auto";
+    if (strcmp(device, "cpu") && strcmp(device, "cuda") && strcmp(device, "auto")) {
+        fprintf(stderr, "margingate %s: invalid value '%s' for --device (expected cpu, cuda or auto)\n", cmd, device);
+        return 2;
+    }
+    const mg_backend_ops *b = mg_backend_by_name(device);
+    if (!b) {
+        fprintf(stderr, "margingate %s: cannot compute on --device %s: %s\n", cmd, device, mg_error_last());
+        return 1;
+    }
+    *out = b;
+    return 0;
 }
 
 int cli_parse_int(const char *s, int *out) {

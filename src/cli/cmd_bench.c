@@ -56,6 +56,8 @@ static void usage(FILE *f) {
             "                       prompts k, k+1, ... concatenated and cut to exactly --prompt-len\n"
             "                       tokens. Default: synthetic prompts, BOS then pseudo-random\n"
             "                       non-special ids (the same on every run)\n"
+            "  --device D           cpu, cuda or auto: where to compute (default auto: cuda when\n"
+            "                       a GPU is present, else cpu); the table and JSON name it\n"
             "  --threads N          OpenMP threads\n"
             "  --clock wall|cpu     time the phases by wall clock (default) or by this process's CPU\n"
             "                       time; cpu with --threads 1 stays meaningful on a machine that\n"
@@ -162,6 +164,7 @@ typedef struct {
 
 typedef struct {
     const mg_model *model;
+    const mg_backend_ops *backend;
     mg_engine_config cfg;
     float tau;
     int prompt_len, n_new;
@@ -192,7 +195,7 @@ static int run_case(const bench_ctx *b, const mode_spec *mode, int batch, const 
         fprintf(stderr, "margingate bench: out of memory\n");
         return 1;
     }
-    if (mg_engine_init(&e, b->model, mg_backend_cpu(), &cfg) != MG_OK) {
+    if (mg_engine_init(&e, b->model, b->backend, &cfg) != MG_OK) {
         cli_fail("bench", "cannot create the engine");
         goto done;
     }
@@ -335,8 +338,8 @@ static void cell(int w, int prec, double v) {
 static void print_table(const bench_header *h, const bench_ctx *b, const bench_row *rows, int n_rows,
                         const int *batches, int n_batches, const bench_row *long_rows, int n_long,
                         int prefill_len) {
-    printf("margingate bench | model %s | threads %d | %s | cpu %s | load %.2f -> %.2f | clock %s\n",
-           h->model_path, h->threads, h->date, h->cpu, h->load_start, h->load_end, b->cpu_clock ? "cpu" : "wall");
+    printf("margingate bench | model %s | device %s | threads %d | %s | cpu %s | load %.2f -> %.2f | clock %s\n",
+           h->model_path, b->backend->name, h->threads, h->date, h->cpu, h->load_start, h->load_end, b->cpu_clock ? "cpu" : "wall");
     printf("prompt %d tokens (%s), %d new tokens per request, greedy, ignore_eos | tau %g | llm42 W=%d B=%d\n",
            b->prompt_len, h->prompts, b->n_new, b->tau, b->cfg.llm42_window, b->cfg.llm42_group);
     printf("%-17s %5s %9s %8s %8s %8s %8s %7s %7s %7s %7s %7s %5s\n", "mode", "batch", "prefill", "decode",
@@ -400,6 +403,7 @@ static int write_json(const char *path, const bench_header *h, const bench_ctx *
                       int prefill_len) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "model", h->model_path);
+    cJSON_AddStringToObject(o, "device", b->backend->name);
     cJSON_AddNumberToObject(o, "threads", h->threads);
     cJSON_AddStringToObject(o, "date", h->date);
     cJSON_AddStringToObject(o, "cpu", h->cpu);
@@ -485,7 +489,7 @@ static int write_json(const char *path, const bench_header *h, const bench_ctx *
 
 int cmd_bench(int argc, char **argv) {
     enum { O_MODES = 256, O_BATCH, O_PROMPT_LEN, O_NEW, O_PREFILL_LEN, O_TAU, O_W, O_B, O_THREADS, O_JSON,
-           O_DATASET, O_CLOCK };
+           O_DATASET, O_CLOCK, O_DEVICE };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},         {"modes", required_argument, 0, O_MODES},
         {"batch", required_argument, 0, O_BATCH},     {"prompt-len", required_argument, 0, O_PROMPT_LEN},
@@ -493,9 +497,10 @@ int cmd_bench(int argc, char **argv) {
         {"tau", required_argument, 0, O_TAU},         {"llm42-window", required_argument, 0, O_W},
         {"llm42-group", required_argument, 0, O_B},   {"threads", required_argument, 0, O_THREADS},
         {"json", required_argument, 0, O_JSON},       {"dataset", required_argument, 0, O_DATASET},
-        {"clock", required_argument, 0, O_CLOCK},     {"help", no_argument, 0, 'h'},
+        {"clock", required_argument, 0, O_CLOCK},     {"device", required_argument, 0, O_DEVICE},
+        {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
-    const char *model_flag = NULL, *json_path = NULL, *dataset = NULL;
+    const char *model_flag = NULL, *json_path = NULL, *dataset = NULL, *device = "auto";
     mode_spec modes[MAX_MODES];
     int n_modes = 0, batches[MAX_BATCHES], n_batches = 0, threads = 0, c;
     parse_modes("off,invariant,llm42,margingate,margingate-always", modes, &n_modes);
@@ -518,6 +523,7 @@ int cmd_bench(int argc, char **argv) {
         case O_THREADS: bad = cli_parse_int(optarg, &threads) || threads < 1; break;
         case O_JSON: json_path = optarg; break;
         case O_DATASET: dataset = optarg; break;
+        case O_DEVICE: device = optarg; break;
         case O_CLOCK:
             if (!strcmp(optarg, "wall")) b.cpu_clock = 0;
             else if (!strcmp(optarg, "cpu")) b.cpu_clock = 1;
@@ -536,6 +542,8 @@ int cmd_bench(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
+    int dev_rc = cli_backend("bench", device, &b.backend);
+    if (dev_rc) return dev_rc;
     if (threads) omp_set_dynamic(0), omp_set_num_threads(threads); /* exactly what was asked */
 
     bench_header h = {.threads = omp_get_max_threads(), .prompts = dataset ? dataset : "synthetic"};

@@ -19,6 +19,8 @@ static void usage(FILE *f) {
             "  --limit K       prompts (default 64)\n"
             "  --max-prompt T  cut prompts to T tokens (default 256)\n"
             "  --dry-run       print tau without writing the settings file\n"
+            "  --device D      cpu, cuda or auto: where to compute (default auto: cuda when a\n"
+            "                  GPU is present, else cpu)\n"
             "  --threads N     OpenMP threads\n"
             "tau = %.1f x the largest batched margin at an observed flip, at least %.3g; it is written to\n"
             "$MARGINGATE_CONFIG or ~/.config/margingate/calibration.json, keyed by the model's path.\n",
@@ -26,14 +28,15 @@ static void usage(FILE *f) {
 }
 
 int cmd_calibrate(int argc, char **argv) {
-    enum { O_DATASET = 256, O_BATCH, O_NEW, O_LIMIT, O_MAXP, O_DRY, O_THREADS };
+    enum { O_DATASET = 256, O_BATCH, O_NEW, O_LIMIT, O_MAXP, O_DRY, O_THREADS, O_DEVICE };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},     {"dataset", required_argument, 0, O_DATASET},
         {"batch", required_argument, 0, O_BATCH}, {"max-new", required_argument, 0, O_NEW},
         {"limit", required_argument, 0, O_LIMIT}, {"max-prompt", required_argument, 0, O_MAXP},
         {"dry-run", no_argument, 0, O_DRY},       {"threads", required_argument, 0, O_THREADS},
+        {"device", required_argument, 0, O_DEVICE},
         {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
-    const char *model_flag = NULL, *dataset = "math500";
+    const char *model_flag = NULL, *dataset = "math500", *device = "auto";
     mg_flip_opts fo = {.batch = 32, .max_new = 128, .n_probes = 64, .precision = MG_ACT_BF16};
     int max_prompt = 256, dry = 0, threads = 0, c;
     optind = 1;
@@ -48,6 +51,7 @@ int cmd_calibrate(int argc, char **argv) {
         case O_MAXP: bad = cli_parse_int(optarg, &max_prompt) || max_prompt < 1; break;
         case O_DRY: dry = 1; break;
         case O_THREADS: bad = cli_parse_int(optarg, &threads) || threads < 1; break;
+        case O_DEVICE: device = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -60,6 +64,9 @@ int cmd_calibrate(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
+    const mg_backend_ops *backend;
+    int dev_rc = cli_backend("calibrate", device, &backend);
+    if (dev_rc) return dev_rc;
     if (threads) omp_set_dynamic(0), omp_set_num_threads(threads); /* exactly what was asked */
     const char *model_path = cli_model_path(model_flag);
     if (cli_model_missing("calibrate", model_path)) return 1;
@@ -77,13 +84,13 @@ int cmd_calibrate(int argc, char **argv) {
     }
     if (fo.n_probes > d.n) fo.n_probes = d.n;
     if (fo.batch > d.n) fo.batch = d.n;
-    if (mg_flip_study(model, mg_backend_cpu(), &d, &fo, &r) != MG_OK) {
+    if (mg_flip_study(model, backend, &d, &fo, &r) != MG_OK) {
         cli_fail("calibrate", "flip study failed");
         goto done_data;
     }
     mg_calibration cal = mg_calibrate(&r);
-    printf("calibration on %s: %d prompts, batch %d, %d new tokens: %ld synchronous steps, %d flips\n", dataset,
-           fo.n_probes, fo.batch, fo.max_new, cal.n_steps, cal.n_flips);
+    printf("calibration on %s, device %s: %d prompts, batch %d, %d new tokens: %ld synchronous steps, %d flips\n",
+           dataset, backend->name, fo.n_probes, fo.batch, fo.max_new, cal.n_steps, cal.n_flips);
     printf("largest batched margin at a flip: %.6g\n", cal.min_catching);
     printf("tau = max(%.1f x %.6g, %.3g) = %.6g\n", MG_TAU_SAFETY, cal.min_catching, MG_TAU_FLOOR, cal.tau);
     printf("expected trigger rate on %s: %.2f%% of decode steps\n", dataset, 100.0 * cal.trigger_rate);

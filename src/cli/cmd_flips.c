@@ -30,6 +30,8 @@ static void usage(FILE *f) {
             "  --tau T         MarginGate threshold (default: calibrated value, else 0.5)\n"
             "  --llm42-window W, --llm42-group B   LLM-42 settings (default 64, 8)\n"
             "  --fp32          FP32 activations (default BF16)\n"
+            "  --device D      cpu, cuda or auto: where to compute (default auto: cuda when a\n"
+            "                  GPU is present, else cpu)\n"
             "  --threads N     OpenMP threads\n");
 }
 
@@ -128,8 +130,8 @@ static void plot(const char *dir, long n_steps, long n_flips) {
 }
 
 /* One dataset: the off-path flip study, its table row and CSV. */
-static int study_dataset(const char *name, const mg_model *model, const mg_tokenizer *tok, const mg_flip_opts *fo,
-                         int max_prompt, const char *out_dir, int first, mg_dataset *d_out, mg_flip_report *r) {
+static int study_dataset(const char *name, const mg_model *model, const mg_backend_ops *backend,
+                         const mg_tokenizer *tok, const mg_flip_opts *fo, int max_prompt, const char *out_dir, int first, mg_dataset *d_out, mg_flip_report *r) {
     int need = fo->n_probes > fo->batch ? fo->n_probes : fo->batch;
     if (mg_dataset_load(name, tok, need, max_prompt, d_out) != MG_OK) return cli_fail("flips", "cannot load the dataset");
     mg_flip_opts o = *fo;
@@ -138,7 +140,7 @@ static int study_dataset(const char *name, const mg_model *model, const mg_token
         fprintf(stderr, "margingate flips: %s has only %d prompts, fewer than the batch of %d\n", name, d_out->n, o.batch);
         return 1;
     }
-    if (mg_flip_study(model, mg_backend_cpu(), d_out, &o, r) != MG_OK) return cli_fail("flips", "study failed");
+    if (mg_flip_study(model, backend, d_out, &o, r) != MG_OK) return cli_fail("flips", "study failed");
     float *m = malloc((size_t)(r->n_steps + 1) * sizeof(float));
     float *fm = malloc((size_t)(r->n_flips + 1) * sizeof(float));
     double before = 0, at = 0;
@@ -165,7 +167,8 @@ static int study_dataset(const char *name, const mg_model *model, const mg_token
 }
 
 int cmd_flips(int argc, char **argv) {
-    enum { O_BATCH = 256, O_NEW, O_LIMIT, O_MAXP, O_OUT, O_MODES, O_TAU, O_W, O_B, O_FP32, O_THREADS, O_DATASET, O_MODES_ONLY };
+    enum { O_BATCH = 256, O_NEW, O_LIMIT, O_MAXP, O_OUT, O_MODES, O_TAU, O_W, O_B, O_FP32, O_THREADS, O_DATASET, O_MODES_ONLY,
+           O_DEVICE };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},   {"dataset", required_argument, 0, O_DATASET},
         {"batch", required_argument, 0, O_BATCH}, {"max-new", required_argument, 0, O_NEW},
@@ -174,8 +177,9 @@ int cmd_flips(int argc, char **argv) {
         {"tau", required_argument, 0, O_TAU},   {"llm42-window", required_argument, 0, O_W},
         {"llm42-group", required_argument, 0, O_B}, {"fp32", no_argument, 0, O_FP32},
         {"threads", required_argument, 0, O_THREADS}, {"modes-only", no_argument, 0, O_MODES_ONLY},
+        {"device", required_argument, 0, O_DEVICE},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    const char *model_flag = NULL, *dataset = NULL, *out_dir = "flips-out", *modes = NULL;
+    const char *model_flag = NULL, *dataset = NULL, *out_dir = "flips-out", *modes = NULL, *device = "auto";
     mg_flip_opts fo = {.batch = 32, .max_new = 128, .n_probes = 24, .precision = MG_ACT_BF16};
     int max_prompt = 256, threads = 0, c, W = 64, Bv = 8, modes_only = 0;
     float tau = NAN;
@@ -197,6 +201,7 @@ int cmd_flips(int argc, char **argv) {
         case O_FP32: fo.precision = MG_ACT_FP32; break;
         case O_THREADS: bad = cli_parse_int(optarg, &threads) || threads < 1; break;
         case O_MODES_ONLY: modes_only = 1; break;
+        case O_DEVICE: device = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -209,6 +214,9 @@ int cmd_flips(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
+    const mg_backend_ops *backend;
+    int dev_rc = cli_backend("flips", device, &backend);
+    if (dev_rc) return dev_rc;
     if (threads) omp_set_dynamic(0), omp_set_num_threads(threads); /* exactly what was asked */
     const char *model_path = cli_model_path(model_flag);
     if (cli_model_missing("flips", model_path)) return 1;
@@ -222,9 +230,9 @@ int cmd_flips(int argc, char **argv) {
     strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", gmtime(&now));
     if (!modes_only) {
         printf("flip study: %s, batch %d, %d new tokens, up to %d prompts per dataset (cut to %d tokens), %s "
-               "activations, fast CPU kernels, %d threads, %s\n",
+               "activations, device %s, fast kernels, %d threads, %s\n",
                model_path, fo.batch, fo.max_new, fo.n_probes, max_prompt, fo.precision == MG_ACT_BF16 ? "BF16" : "FP32",
-               omp_get_max_threads(), date);
+               backend->name, omp_get_max_threads(), date);
         printf("%-10s %5s %6s %8s %6s %9s %12s %9s %9s %9s %10s %10s\n", "dataset", "batch", "prompts", "sync", "flips",
                "rate", "seq_diverged", "m_p50", "mflip_p50", "mflip_max", "kv_before", "kv_at_flip");
     }
@@ -242,7 +250,7 @@ int cmd_flips(int argc, char **argv) {
             if (mg_dataset_load(sets[i], tok, need, max_prompt, &ds[i]) != MG_OK)
                 rc = cli_fail("flips", "cannot load the dataset");
         } else {
-            rc = study_dataset(sets[i], model, tok, &fo, max_prompt, out_dir, i == 0, &ds[i], &reports[i]);
+            rc = study_dataset(sets[i], model, backend, tok, &fo, max_prompt, out_dir, i == 0, &ds[i], &reports[i]);
         }
     }
     if (rc == 0 && !modes_only) {
@@ -258,8 +266,8 @@ int cmd_flips(int argc, char **argv) {
     if (rc == 0 && modes) {
         float tau_used = isnan(tau) ? cli_default_tau(model_path, 0.5f) : tau;
         printf("\nsequence-level determinism through the engine (solo vs batch %d, all arriving at once), "
-               "margingate tau %.4g\n",
-               fo.batch, tau_used);
+               "margingate tau %.4g, device %s\n",
+               fo.batch, tau_used, backend->name);
         printf("%-10s %-17s %10s %9s %9s %9s %10s %9s %9s\n", "dataset", "mode", "identical", "trigger", "repairs",
                "rollback", "recompute", "solo_s", "batch_s");
         char *list = strdup(modes);
@@ -282,7 +290,7 @@ int cmd_flips(int argc, char **argv) {
                 }
                 mg_mode_result res;
                 int probes = fo.n_probes < ds[i].n ? fo.n_probes : ds[i].n;
-                if (mg_mode_study(model, mg_backend_cpu(), &ds[i], probes, fo.batch, fo.max_new, mode, &cfg, &res) !=
+                if (mg_mode_study(model, backend, &ds[i], probes, fo.batch, fo.max_new, mode, &cfg, &res) !=
                     MG_OK) {
                     rc = cli_fail("flips", "mode study failed");
                     break;

@@ -30,7 +30,8 @@ static void usage(FILE *f) {
             "                       llama2.c checkpoints always run in FP32, as run.c does)\n"
             "  --kernels fast|invariant  reduction orders (default fast)\n"
             "  --ignore-eos         do not stop at the model's stop tokens\n"
-            "  --device cpu|cuda    where to compute (default: cuda when a GPU is present)\n"
+            "  --device cpu|cuda|auto  where to compute (default auto: cuda when a GPU is\n"
+            "                       present, else cpu)\n"
             "  --dump-logits FILE   write each step's FP32 logits to FILE (raw, steps x vocab)\n"
             "  --threads N          OpenMP threads\n");
 }
@@ -76,9 +77,10 @@ static int stream_token(void *user, int32_t token, float margin) {
 }
 
 static void print_json(const mg_tokenizer *tok, const char *prompt, const int32_t *ids, size_t n_ids,
-                       const mg_generate_result *r, const char *model) {
+                       const mg_generate_result *r, const char *model, const char *device) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "model", model);
+    cJSON_AddStringToObject(o, "device", device);
     cJSON_AddStringToObject(o, "prompt", prompt);
     cJSON *pids = cJSON_AddArrayToObject(o, "prompt_ids");
     for (size_t i = 0; i < n_ids; i++) cJSON_AddItemToArray(pids, cJSON_CreateNumber(ids[i]));
@@ -154,10 +156,7 @@ int cmd_generate(int argc, char **argv) {
         case O_IGNORE_EOS: g.ignore_eos = 1; break;
         case O_THREADS: bad = cli_parse_int(optarg, &threads) || threads < 1; break;
         case O_DUMP_LOGITS: dump_path = optarg; break;
-        case O_DEVICE:
-            device = optarg;
-            bad = strcmp(device, "cpu") && strcmp(device, "cuda") && strcmp(device, "auto");
-            break;
+        case O_DEVICE: device = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -171,6 +170,9 @@ int cmd_generate(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
+    const mg_backend_ops *backend;
+    int dev_rc = cli_backend("generate", device, &backend);
+    if (dev_rc) return dev_rc;
     g.sampling.seed = seed;
     if (mg_sampling_validate(&g.sampling) != MG_OK) return cli_fail("generate", "bad sampling parameters");
     if (threads) omp_set_dynamic(0), omp_set_num_threads(threads); /* exactly what was asked */
@@ -231,11 +233,6 @@ int cmd_generate(int argc, char **argv) {
     g.precision = fp32 || format == MG_FORMAT_LLAMA2C ? MG_ACT_FP32 : MG_ACT_BF16;
     int max_rows = (int)n_ids < PREFILL_CHUNK ? (int)n_ids : PREFILL_CHUNK;
     int blocks = ((int)n_ids + g.max_new_tokens + KV_BLOCK - 1) / KV_BLOCK;
-    const mg_backend_ops *backend = mg_backend_by_name(device);
-    if (!backend) {
-        cli_fail("generate", "cannot use the requested device");
-        goto done;
-    }
     mg_dtype kv_dtype = !backend->host_memory && g.precision == MG_ACT_BF16 ? MG_DTYPE_BF16 : MG_DTYPE_F32;
     if (mg_forward_init(&fw, model, backend, max_rows) != MG_OK ||
         mg_kv_pool_init_on(&pool, backend, kv_dtype, cfg->n_layers, cfg->n_kv_heads, cfg->head_dim, KV_BLOCK,
@@ -266,7 +263,7 @@ int cmd_generate(int argc, char **argv) {
         goto done;
     }
     if (json) {
-        print_json(tok, text, ids, n_ids, &res, model_path);
+        print_json(tok, text, ids, n_ids, &res, model_path, backend->name);
     } else {
         if (show_margins) {
             printf("%-5s %-8s %-10s %s\n", "step", "token", "margin", "piece");
@@ -275,8 +272,9 @@ int cmd_generate(int argc, char **argv) {
                 printf("%-5d %-8d %-10.4f %s\n", i, res.tokens[i], res.margins[i], s ? s : "");
             }
         }
-        fprintf(stderr, "margingate: prompt %zu tokens, %.1f ms prefill (%.1f tok/s); %d tokens, %.1f tok/s decode\n",
-                n_ids, res.prefill_s * 1e3, n_ids / (res.prefill_s > 0 ? res.prefill_s : 1), res.n,
+        fprintf(stderr,
+                "margingate: device %s: prompt %zu tokens, %.1f ms prefill (%.1f tok/s); %d tokens, %.1f tok/s decode\n",
+                backend->name, n_ids, res.prefill_s * 1e3, n_ids / (res.prefill_s > 0 ? res.prefill_s : 1), res.n,
                 res.n > 1 && res.decode_s > 0 ? (res.n - 1) / res.decode_s : 0.0);
     }
     rc = 0;

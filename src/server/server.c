@@ -27,6 +27,11 @@ mg_server_config mg_server_config_default(void) {
                               .engine = mg_engine_config_default()};
 }
 
+/* The backend the engine runs on: the configured one, else the CPU. */
+static const mg_backend_ops *server_backend(const mg_srv *s) {
+    return s->cfg.backend ? s->cfg.backend : mg_backend_cpu();
+}
+
 static void set_names(mg_srv *s) {
     const char *p = s->cfg.model_path;
     if (s->cfg.served_name) {
@@ -41,7 +46,7 @@ static void set_names(mg_srv *s) {
     /* The fingerprint names what decides the numerics: model, backend,
      * precision, KV block size and MarginGate's tau. */
     char key[1024];
-    snprintf(key, sizeof key, "%s|%s|%d|%d|%g|%d|%d", p, mg_backend_cpu()->name, (int)s->cfg.engine.precision,
+    snprintf(key, sizeof key, "%s|%s|%d|%d|%g|%d|%d", p, server_backend(s)->name, (int)s->cfg.engine.precision,
              s->cfg.engine.kv_block_size, (double)s->cfg.engine.margingate_tau, s->cfg.engine.llm42_window,
              s->cfg.engine.llm42_group);
     uint64_t h = 1469598103934665603ull;
@@ -65,7 +70,7 @@ static int load(mg_srv *s) {
     const mg_config *mc = &s->model->config;
     s->max_model_len = s->cfg.max_model_len > 0 && s->cfg.max_model_len < mc->max_seq_len ? s->cfg.max_model_len
                                                                                          : mc->max_seq_len;
-    if (mg_engine_init(&s->engine, s->model, mg_backend_cpu(), &s->cfg.engine) != MG_OK) {
+    if (mg_engine_init(&s->engine, s->model, server_backend(s), &s->cfg.engine) != MG_OK) {
         fprintf(stderr, "margingate serve: cannot set up the engine: %s\n", mg_error_last());
         return -1;
     }
@@ -79,9 +84,9 @@ static int load(mg_srv *s) {
     }
     s->engine_started = 1;
     fprintf(stderr,
-            "margingate serve: model %s loaded in %.2f s (context %d, KV pool %ld tokens, default determinism %s); "
-            "ready\n",
-            s->served_name, mg_now_s() - t0, s->max_model_len, s->kv_pool_tokens, mg_mode_name(s->cfg.default_mode));
+            "margingate serve: model %s loaded in %.2f s (device %s, context %d, KV pool %ld tokens, default "
+            "determinism %s); ready\n",
+            s->served_name, mg_now_s() - t0, server_backend(s)->name, s->max_model_len, s->kv_pool_tokens, mg_mode_name(s->cfg.default_mode));
     pthread_mutex_lock(&s->mu);
     s->ready = 1;
     pthread_mutex_unlock(&s->mu);

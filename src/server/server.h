@@ -27,6 +27,7 @@ typedef struct {
     int threads;                /* OpenMP threads for the engine (0 = default) */
     int log_requests;           /* one stderr line per request */
     int test_load_delay_ms;     /* testing: sleep before loading the model */
+    const mg_backend_ops *backend; /* where the engine computes (--device); NULL = the CPU */
     mg_engine_config engine;
 } mg_server_config;
 
