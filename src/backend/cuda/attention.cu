@@ -27,71 +27,95 @@
 
 #include "cuda_common.cuh"
 
-#define ATTN_WARPS 4
-#define ATTN_TILE 32
+#define ATTN_WARPS 8
+#define ATTN_TILE 32 /* keys per warp in the score loop: one per lane */
 
 typedef struct {
     int n_heads, n_kv_heads, hd, group; /* group = n_heads / n_kv_heads */
     int layer, block_size, n_blocks;
     int max_vec; /* MG_ATTN_QG * group */
+    int sub;     /* keys per K/V tile in shared memory (a multiple of ATTN_TILE) */
     float scale;
 } attn_params;
 
-/* Loads 8 consecutive cache values (16-byte aligned) as FP32. */
-static __device__ __forceinline__ void load8(const bf16 *p, float *out) {
+/* Row stride of a K/V tile in shared memory, in elements: hd plus 16 bytes,
+ * so that the 16-byte reads of 8 consecutive lanes (8 keys) hit distinct
+ * banks. */
+template <typename KV> static __host__ __device__ __forceinline__ int tile_ld(int hd) {
+    return hd + 16 / (int)sizeof(KV);
+}
+
+/* Unpacks the 16 bytes at p (8 BF16 or 4 FP32 values) to FP32. */
+static __device__ __forceinline__ void unpack16(const bf16 *p, float *out) {
     const uint4 u = *(const uint4 *)p;
     const __nv_bfloat162 *h = (const __nv_bfloat162 *)&u;
+#pragma unroll
     for (int i = 0; i < 4; i++) {
         float2 f = __bfloat1622float2(h[i]);
         out[2 * i] = f.x;
         out[2 * i + 1] = f.y;
     }
 }
-
-static __device__ __forceinline__ void load8(const float *p, float *out) {
-    const float4 a = *(const float4 *)p, b = *(const float4 *)(p + 4);
+static __device__ __forceinline__ void unpack16(const float *p, float *out) {
+    const float4 a = *(const float4 *)p;
     out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w;
-    out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
+}
+static __device__ __forceinline__ float2 load_pair(const bf16 *p) {
+    return __bfloat1622float2(*(const __nv_bfloat162 *)p);
+}
+static __device__ __forceinline__ float2 load_pair(const float *p) { return *(const float2 *)p; }
+
+static __device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
 }
 
-/* Copies keys [tb, tb + nt) of KV head kvh into tile (nt, hd + 1) as FP32. */
+/* Starts the copy of keys [tb, tb + nt) of KV head kvh into tile (nt, ld)
+ * (raw cache values, no conversion); cp.async, committed as one group. */
 template <typename KV>
-static __device__ void load_tile(float *tile, const KV *cache, const int32_t *btr, int tb, int nt, int kvh,
-                                 const attn_params &p) {
-    const int hd = p.hd, ldt = hd + 1, per_key = hd / 8;
+static __device__ __forceinline__ void tile_load_async(KV *tile, const KV *cache, const int32_t *btr, int tb, int nt,
+                                                       int kvh, const attn_params &p) {
+    constexpr int E = 16 / sizeof(KV);
+    const int hd = p.hd, ld = tile_ld<KV>(hd), per_key = hd / E;
     const size_t kvd = (size_t)p.n_kv_heads * hd;
     for (int idx = threadIdx.x; idx < nt * per_key; idx += blockDim.x) {
-        const int j = idx / per_key, d = (idx % per_key) * 8, key = tb + j;
+        const int j = idx / per_key, d = (idx % per_key) * E, key = tb + j;
         const size_t row = ((size_t)p.layer * p.n_blocks + btr[key / p.block_size]) * p.block_size +
                            key % p.block_size;
-        float v[8];
-        load8(cache + row * kvd + (size_t)kvh * hd + d, v);
-        for (int e = 0; e < 8; e++) tile[j * ldt + d + e] = v[e];
+        cp_async16(tile + j * ld + d, cache + row * kvd + (size_t)kvh * hd + d);
     }
+    asm volatile("cp.async.commit_group;\n" ::);
 }
+static __device__ __forceinline__ void tile_wait() { asm volatile("cp.async.wait_group 0;\n" ::); }
 
-template <typename T, typename KV>
+/* One (query group, chunk) item for KV head blockIdx.y; MAXV >= p.max_vec
+ * bounds the vectors (rows x query heads of the group) a block holds. */
+template <typename T, typename KV, int MAXV>
 __global__ void __launch_bounds__(ATTN_WARPS * 32)
     attn_partial_kernel(const T *q, const KV *kc, const KV *vc, attn_params p, const int32_t *positions,
                         const int32_t *bt_off, const int32_t *bt, const int32_t *groups, const int32_t *items,
                         const int32_t *part_base, float2 *part_ms, float *part_out) {
-    extern __shared__ float smem[];
-    const int hd = p.hd, ldt = hd + 1, mv = p.max_vec;
+    extern __shared__ __align__(16) float smem[];
+    constexpr int E = 16 / sizeof(KV);
+    const int hd = p.hd, ld = tile_ld<KV>(hd), mv = p.max_vec;
     const int kvh = blockIdx.y, gi = items[2 * blockIdx.x], chunk = items[2 * blockIdx.x + 1];
     const int r0 = groups[3 * gi], r1 = groups[3 * gi + 1], cl = groups[3 * gi + 2];
     const int nv = (r1 - r0) * p.group;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    float *qs = smem;                        /* (mv, hd): q, then the output accumulators */
-    float *sc = qs + (size_t)mv * hd;        /* (mv, MG_ATTN_CHUNK): scores, then weights a_t */
-    float *tile = sc + (size_t)mv * MG_ATTN_CHUNK; /* (ATTN_TILE, hd + 1) */
-    float *vsum = tile + ATTN_TILE * ldt;    /* (mv) */
-    float *vmax = vsum + mv;                 /* (mv) */
-    int *vlen = (int *)(vmax + mv);          /* (mv) keys of the chunk the vector attends to */
+    KV *tile = (KV *)smem;                            /* (p.sub, ld): K, then V keys */
+    float *qs = (float *)(tile + (size_t)p.sub * ld); /* (mv, hd): q, then the output accumulators */
+    float *sc = qs + (size_t)mv * hd;                 /* (mv, MG_ATTN_CHUNK): scores, then weights a_t */
+    float *vsum = sc + (size_t)mv * MG_ATTN_CHUNK;    /* (mv) */
+    float *vmax = vsum + mv;                          /* (mv) */
+    int *vlen = (int *)(vmax + mv);                   /* (mv) keys of the chunk the vector attends to */
 
     const int t0 = chunk * cl;
     int maxlen = 0;
     for (int r = r0; r < r1; r++) maxlen = max(maxlen, positions[r] + 1);
     const int tend = min(t0 + cl, maxlen);
+    const int32_t *btr = bt + bt_off[r0];
+    /* The first K tile is in flight while q is staged. */
+    tile_load_async(tile, kc, btr, t0, min(p.sub, tend - t0), kvh, p);
     for (int v = threadIdx.x; v < nv; v += blockDim.x) {
         const int len = positions[r0 + v / p.group] + 1;
         vlen[v] = min(t0 + cl, len) - t0;
@@ -101,25 +125,41 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32)
         const int row = r0 + v / p.group, qh = kvh * p.group + v % p.group;
         qs[idx] = to_f(q[((size_t)row * p.n_heads + qh) * hd + d]);
     }
-    __syncthreads();
-    const int32_t *btr = bt + bt_off[r0];
 
-    /* Scores. */
-    for (int tb = t0; tb < tend; tb += ATTN_TILE) {
-        const int nt = min(ATTN_TILE, tend - tb);
-        load_tile(tile, kc, btr, tb, nt, kvh, p);
+    /* Scores: lane l of a warp takes one key, a sequential FMA chain over
+     * head_dim for each vector (the tile row is read once for all). */
+    for (int tb = t0; tb < tend; tb += p.sub) {
+        const int nt = min(p.sub, tend - tb);
+        if (tb != t0) tile_load_async(tile, kc, btr, tb, nt, kvh, p);
+        tile_wait();
         __syncthreads();
-        for (int v = warp; v < nv; v += ATTN_WARPS) {
-            const int t = tb - t0 + lane;
-            if (lane < nt && t < vlen[v]) {
-                const float *qv = qs + (size_t)v * hd, *kt = tile + lane * ldt;
-                float s = 0.0f;
-                for (int d = 0; d < hd; d++) s = fmaf(qv[d], kt[d], s);
-                sc[(size_t)v * MG_ATTN_CHUNK + t] = s * p.scale;
+        for (int kt = warp * ATTN_TILE; kt < nt; kt += ATTN_WARPS * ATTN_TILE) {
+            const int j = kt + lane, t = tb - t0 + j;
+            if (j < nt) {
+                float s[MAXV];
+#pragma unroll
+                for (int v = 0; v < MAXV; v++) s[v] = 0.0f;
+                const KV *krow = tile + j * ld;
+                for (int d0 = 0; d0 < hd; d0 += E) {
+                    float k[E];
+                    unpack16(krow + d0, k);
+#pragma unroll
+                    for (int v = 0; v < MAXV; v++)
+                        if (v < nv) {
+                            const float *qv = qs + (size_t)v * hd + d0;
+#pragma unroll
+                            for (int e = 0; e < E; e++) s[v] = fmaf(qv[e], k[e], s[v]);
+                        }
+                }
+#pragma unroll
+                for (int v = 0; v < MAXV; v++)
+                    if (v < nv && t < vlen[v]) sc[(size_t)v * MG_ATTN_CHUNK + t] = s[v] * p.scale;
             }
         }
         __syncthreads();
     }
+    /* The first V tile loads while the softmax runs. */
+    tile_load_async(tile, vc, btr, t0, min(p.sub, tend - t0), kvh, p);
 
     /* Softmax over the chunk. */
     for (int v = warp; v < nv; v += ATTN_WARPS) {
@@ -144,22 +184,29 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32)
         }
     }
     for (int idx = threadIdx.x; idx < nv * hd; idx += blockDim.x) qs[idx] = 0.0f;
-    __syncthreads();
 
-    /* Output: sum_t a_t v_t, keys in order. */
-    for (int tb = t0; tb < tend; tb += ATTN_TILE) {
-        const int nt = min(ATTN_TILE, tend - tb);
-        load_tile(tile, vc, btr, tb, nt, kvh, p);
+    /* Output: sum_t a_t v_t, a sequential FMA chain over the keys in order
+     * for each (vector, dim); a thread takes two adjacent dims. */
+    const int half = hd / 2;
+    for (int tb = t0; tb < tend; tb += p.sub) {
+        const int nt = min(p.sub, tend - tb);
+        if (tb != t0) tile_load_async(tile, vc, btr, tb, nt, kvh, p);
+        tile_wait();
         __syncthreads();
-        for (int v = warp; v < nv; v += ATTN_WARPS) {
+        for (int task = threadIdx.x; task < nv * half; task += blockDim.x) {
+            const int v = task / half, d = 2 * (task % half);
             const int nn = min(nt, vlen[v] - (tb - t0));
             if (nn <= 0) continue;
             const float *a = sc + (size_t)v * MG_ATTN_CHUNK + (tb - t0);
-            for (int d = lane; d < hd; d += 32) {
-                float acc = qs[(size_t)v * hd + d];
-                for (int j = 0; j < nn; j++) acc = fmaf(a[j], tile[j * ldt + d], acc);
-                qs[(size_t)v * hd + d] = acc;
+            float *acc = qs + (size_t)v * hd + d;
+            float a0 = acc[0], a1 = acc[1];
+            for (int j = 0; j < nn; j++) {
+                const float2 vv = load_pair(tile + j * ld + d);
+                a0 = fmaf(a[j], vv.x, a0);
+                a1 = fmaf(a[j], vv.y, a1);
             }
+            acc[0] = a0;
+            acc[1] = a1;
         }
         __syncthreads();
     }
@@ -210,30 +257,47 @@ __global__ void attn_merge_kernel(T *out, const float2 *part_ms, const float *pa
     }
 }
 
-static size_t smem_bytes(int max_vec, int hd) {
-    return ((size_t)max_vec * hd + (size_t)max_vec * MG_ATTN_CHUNK + (size_t)ATTN_TILE * (hd + 1) +
-            3 * (size_t)max_vec) * sizeof(float);
+/* Shared memory of a block with K/V tiles of `sub` keys. */
+template <typename KV> static size_t smem_bytes(int max_vec, int hd, int sub) {
+    return (size_t)sub * tile_ld<KV>(hd) * sizeof(KV) +
+           ((size_t)max_vec * hd + (size_t)max_vec * MG_ATTN_CHUNK + 3 * (size_t)max_vec) * sizeof(float);
+}
+
+template <typename T, typename KV, int MAXV>
+static mg_status launch_partial(const void *q, const mg_kv_pool *pool, const mg_cuda_rows *r,
+                                const mg_cuda_attn_work *w, attn_params p, float2 *ms, float *po) {
+    static size_t opted = 48 * 1024;
+    /* The whole chunk in one tile when it fits; else the largest multiple
+     * of ATTN_TILE keys that does (same bits: tiles only stage loads). */
+    p.sub = MG_ATTN_CHUNK;
+    while (p.sub > ATTN_TILE && smem_bytes<KV>(p.max_vec, p.hd, p.sub) > mg_cuda.smem_optin) p.sub -= ATTN_TILE;
+    const size_t smem = smem_bytes<KV>(p.max_vec, p.hd, p.sub);
+    if (smem > mg_cuda.smem_optin)
+        return mg_error_set(MG_ERR_UNSUPPORTED, "attention needs %zu bytes of shared memory (GQA group %d)", smem,
+                            p.group);
+    if (smem > opted) {
+        MG_CUDA_TRY(cudaFuncSetAttribute(attn_partial_kernel<T, KV, MAXV>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        opted = smem;
+    }
+    dim3 grid((unsigned)w->n_items, (unsigned)p.n_kv_heads);
+    attn_partial_kernel<T, KV, MAXV><<<grid, ATTN_WARPS * 32, smem, mg_cuda.stream>>>(
+        (const T *)q, (const KV *)pool->k, (const KV *)pool->v, p, r->positions, r->bt_off, r->bt, w->groups, w->items,
+        w->part_base, ms, po);
+    MG_CUDA_LAUNCHED("attn_partial");
+    return MG_OK;
 }
 
 template <typename T, typename KV>
 static mg_status launch(void *out, const void *q, const mg_kv_pool *pool, const mg_cuda_rows *r,
                         const mg_cuda_attn_work *w, const attn_params &p, float2 *ms, float *po, int n_rows) {
-    static size_t opted = 48 * 1024;
-    const size_t smem = smem_bytes(p.max_vec, p.hd);
-    if (smem > opted) {
-        if (smem > mg_cuda.smem_optin)
-            return mg_error_set(MG_ERR_UNSUPPORTED, "attention needs %zu bytes of shared memory (GQA group %d)", smem,
-                                p.group);
-        MG_CUDA_TRY(cudaFuncSetAttribute(attn_partial_kernel<T, KV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         (int)smem));
-        opted = smem;
-    }
     if (w->n_items > 0) {
-        dim3 grid((unsigned)w->n_items, (unsigned)p.n_kv_heads);
-        attn_partial_kernel<T, KV><<<grid, ATTN_WARPS * 32, smem, mg_cuda.stream>>>(
-            (const T *)q, (const KV *)pool->k, (const KV *)pool->v, p, r->positions, r->bt_off, r->bt, w->groups,
-            w->items, w->part_base, ms, po);
-        MG_CUDA_LAUNCHED("attn_partial");
+        if (p.max_vec <= 4) MG_TRY((launch_partial<T, KV, 4>(q, pool, r, w, p, ms, po)));
+        else if (p.max_vec <= 16) MG_TRY((launch_partial<T, KV, 16>(q, pool, r, w, p, ms, po)));
+        else if (p.max_vec <= 32) MG_TRY((launch_partial<T, KV, 32>(q, pool, r, w, p, ms, po)));
+        else
+            return mg_error_set(MG_ERR_UNSUPPORTED, "attention: GQA group %d (at most %d query heads per KV head)",
+                                p.group, 32 / MG_ATTN_QG);
     }
     const int warps = n_rows * p.n_heads;
     attn_merge_kernel<T><<<mg_div_up(warps, 4), 128, 0, mg_cuda.stream>>>((T *)out, ms, po, w->n_chunks,
@@ -261,6 +325,7 @@ mg_status mg_cuda_attention(void *out, const void *q, const mg_kv_pool *pool, in
     p.block_size = pool->block_size;
     p.n_blocks = pool->n_blocks;
     p.max_vec = MG_ATTN_QG * p.group;
+    p.sub = MG_ATTN_CHUNK;
     p.scale = 1.0f / sqrtf((float)hd);
     /* Partials: (m, s) pairs first (8-byte aligned), then the outputs. */
     const size_t n_ms = (size_t)w->n_parts * n_heads;

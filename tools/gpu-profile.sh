@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# tools/gpu-profile.sh [CKPT_DIR] - where a decode step's time goes, per kernel,
+# on a GPU machine: ncu measures every kernel of about three decode steps of
+# build-gpu/cuda_bench (kernels serialised, so the sum shows kernel time
+# without launch gaps) at batch 1 and 64, context 512, fast and invariant,
+# and prints per kernel name: launches per step, microseconds per step.
+# The step's wall TPOT (cuda_bench without ncu) is printed beside it, so
+# TPOT - sum(kernels) is the time lost between kernels.
+# Needs the prebuilt binaries (tools/gpu-prep.sh) or a build in build-gpu,
+# and an 8B-shaped checkpoint (written with tools/make_checkpoint.py if absent).
+set -u
+cd "$(dirname "$0")/.."
+CKPT=${1:-/tmp/mg-llama8b-random}
+B=build-gpu
+CARRY=${MG_CARRY:-gpu-carry}
+export LD_LIBRARY_PATH="$PWD/$B/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+if [ ! -x "$B/cuda_bench" ]; then
+    mkdir -p "$B" && tar -xf "$CARRY"/prebuilt.tar.* -C "$B" || exit 1
+fi
+if [ ! -f "$CKPT/config.json" ]; then
+    MODEL27=$CARRY/mg-llama-27m
+    python3 tools/make_checkpoint.py --preset llama-3.1-8b --shards 4 --seed 1 \
+        --tokenizer "$MODEL27/tokenizer.json" --out "$CKPT" > /tmp/checkpoint.log 2>&1 || { tail -n 3 /tmp/checkpoint.log; exit 1; }
+fi
+NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
+for cfg in ${MG_PROFILE_CONFIGS:-"fast 1" "invariant 1" "fast 64" "invariant 64"}; do
+    set -- $cfg
+    kern=$1 batch=$2
+    "$B/cuda_bench" -m "$CKPT" --kernels "$kern" --batch "$batch" --ctx 512 --steps 8 --prefill 0 \
+        > /tmp/prof-bench.log 2>&1
+    tpot=$(grep -E "^\| $kern \| $batch \| 512 " /tmp/prof-bench.log | awk -F'|' '{print $5}' | tr -d ' ')
+    # about 420 kernels per step; skip load, fill and warm-up, measure ~3 steps
+    timeout 240 "$NCU" --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \
+        --launch-skip 2200 --launch-count 1300 \
+        "$B/cuda_bench" -m "$CKPT" --kernels "$kern" --batch "$batch" --ctx 512 --steps 8 --prefill 0 \
+        > /tmp/prof-ncu.csv 2> /tmp/prof-ncu.err
+    [ -n "${OUT:-}" ] && cp /tmp/prof-ncu.csv "$OUT/ncu-$kern-$batch.csv"
+    echo "== $kern batch $batch ctx 512: TPOT ${tpot:-?} ms (without ncu)"
+    python3 - "$kern" "$batch" <<'PY'
+import csv, sys, collections
+rows = [r for r in csv.reader(open('/tmp/prof-ncu.csv')) if len(r) > 10]
+if not rows:
+    print('  no ncu rows:', open('/tmp/prof-ncu.err').read()[-400:]); sys.exit()
+h = rows[0]; ki = h.index('Kernel Name'); vi = h.index('Metric Value')
+t = collections.defaultdict(float); n = collections.Counter()
+for r in rows[1:]:
+    name = r[ki].replace('void ', '').split('(')[0].split('<')[0][:40]
+    t[name] += float(r[vi].replace(',', '')) / 1e3; n[name] += 1
+steps = max([v for k, v in n.items() if 'argmax' in k] or [3])
+tot = sum(t.values()) / steps
+print(f'  {steps} steps measured; kernel time per step {tot:.0f} us')
+for k, v in sorted(t.items(), key=lambda kv: -kv[1]):
+    print(f'  {k:40s} {n[k] / steps:6.1f}/step {v / steps:9.1f} us  {100 * v / steps / tot:5.1f}%')
+PY
+done

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# tools/gpu-quick.sh - a short GPU iteration: the CUDA op tests, then decode
+# timing at 8B shapes (fast, invariant, and fast with our tensor-core GEMMs
+# instead of cuBLASLt), from the prebuilt binaries of tools/gpu-prep.sh.
+# Environment: MG_QUICK_BATCH (default 1,8,64), MG_QUICK_CTX (512,4096),
+# MG_QUICK_TESTS (criterion filter, default all op tests), CKPT.
+set -u
+cd "$(dirname "$0")/.."
+B=build-gpu
+CKPT=${CKPT:-/tmp/mg-llama8b-random}
+export LD_LIBRARY_PATH="$PWD/$B/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+rm -rf "$B" && mkdir -p "$B" && tar -xf gpu-carry/prebuilt.tar.* -C "$B" || exit 1
+if [ ! -f "$CKPT/config.json" ]; then
+    python3 tools/make_checkpoint.py --preset llama-3.1-8b --shards 4 --seed 1 \
+        --tokenizer gpu-carry/mg-llama-27m/tokenizer.json --out "$CKPT" > /tmp/ckpt.log 2>&1 &
+fi
+timeout 200 "$B/tests/test_cuda_ops" ${MG_QUICK_TESTS:+--filter "$MG_QUICK_TESTS"} > /tmp/ops.log 2>&1
+echo "ops rc $?: $(grep Synthesis /tmp/ops.log)"
+grep -E "FAIL|fail|Assert" /tmp/ops.log | head -20
+wait
+BATCH=${MG_QUICK_BATCH:-1,8,64}
+CTX=${MG_QUICK_CTX:-512,4096}
+timeout 200 "$B/cuda_bench" -m "$CKPT" --batch "$BATCH" --ctx "$CTX" --steps 6 --prefill 2048 --out /tmp/b.md > /tmp/b.log 2>&1 || tail -3 /tmp/b.log
+MG_CUDA_FAST_GEMM=tc timeout 100 "$B/cuda_bench" -m "$CKPT" --kernels fast --batch "$BATCH" --ctx 512 --steps 6 \
+    --prefill 0 --out /tmp/btc.md > /tmp/btc.log 2>&1 || tail -3 /tmp/btc.log
+cat /tmp/b.md
+echo "fast with MG_CUDA_FAST_GEMM=tc (our invariant GEMMs, fast attention):"
+grep '^| fast' /tmp/btc.md
+[ -n "${OUT:-}" ] && cp /tmp/ops.log /tmp/b.md "$OUT/" 2>/dev/null
+exit 0
