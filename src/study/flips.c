@@ -21,8 +21,8 @@ typedef struct {
 typedef struct {
     const mg_model *model;
     mg_forward *fw;
-    mg_kv_pool pool;
-    float *logits; /* (max(batch, 1), vocab) */
+    mg_kv_pool pool;   /* on the forward pass's backend */
+    mg_argmax *top;    /* (rows_cap) greedy token and margin of each row */
     int32_t *tok, *pos;
     mg_kv_seq **seqs;
     uint8_t *want;
@@ -38,12 +38,12 @@ static mg_status prefill_alone(study_ctx *c, const mg_dataset *d, int p, row_sta
         int m = n - p0 < PREFILL_ROWS ? n - p0 : PREFILL_ROWS;
         for (int i = 0; i < m; i++) c->pos[i] = p0 + i, c->seqs[i] = &r->seq, c->want[i] = p0 + i == n - 1;
         mg_batch b = {.n_rows = m, .tokens = ids + p0, .positions = c->pos, .seqs = c->seqs, .want_logits = c->want};
-        mg_status st = mg_forward_run(c->fw, &c->pool, &b, MG_KERNELS_FAST, prec, c->logits);
+        const mg_forward_out out = {.logits = NULL, .argmax = c->top};
+        mg_status st = mg_forward_run_ex(c->fw, &c->pool, &b, MG_KERNELS_FAST, prec, &out);
         if (st != MG_OK) return st;
     }
-    mg_argmax a = mg_argmax_margin(c->logits, c->model->config.vocab_size);
-    r->gen[0] = a.token;
-    r->margin[0] = a.margin;
+    r->gen[0] = c->top[0].token;
+    r->margin[0] = c->top[0].margin;
     return MG_OK;
 }
 
@@ -55,23 +55,25 @@ static mg_status decode_step(study_ctx *c, row_state **rows, int n, int s, mg_ac
         c->seqs[i] = &rows[i]->seq;
     }
     mg_batch b = {.n_rows = n, .tokens = c->tok, .positions = c->pos, .seqs = c->seqs, .want_logits = NULL};
-    mg_status st = mg_forward_run(c->fw, &c->pool, &b, MG_KERNELS_FAST, prec, c->logits);
+    const mg_forward_out out = {.logits = NULL, .argmax = c->top};
+    mg_status st = mg_forward_run_ex(c->fw, &c->pool, &b, MG_KERNELS_FAST, prec, &out);
     if (st != MG_OK) return st;
     for (int i = 0; i < n; i++) {
-        mg_argmax a = mg_argmax_margin(c->logits + (size_t)i * c->model->config.vocab_size,
-                                       c->model->config.vocab_size);
-        rows[i]->gen[s] = a.token;
-        rows[i]->margin[s] = a.margin;
+        rows[i]->gen[s] = c->top[i].token;
+        rows[i]->margin[s] = c->top[i].margin;
     }
     return MG_OK;
 }
 
-/* Copies the K/V column of `pos` (all layers) into out (n_layers, 2, kvd). */
-static void kv_column(const study_ctx *c, const mg_kv_seq *seq, int pos, float *out) {
+/* Copies the K/V column of `pos` (all layers) into out (n_layers, 2, kvd),
+ * as FP32 from the pool's backend. */
+static mg_status kv_column(const study_ctx *c, const mg_kv_seq *seq, int pos, float *out) {
     for (int l = 0; l < c->model->config.n_layers; l++) {
-        memcpy(out + (size_t)(2 * l) * c->kvd, mg_kv_k_at(&c->pool, seq, l, pos), (size_t)c->kvd * sizeof(float));
-        memcpy(out + (size_t)(2 * l + 1) * c->kvd, mg_kv_v_at(&c->pool, seq, l, pos), (size_t)c->kvd * sizeof(float));
+        mg_status st = mg_kv_read(&c->pool, seq, l, pos, out + (size_t)(2 * l) * c->kvd,
+                                  out + (size_t)(2 * l + 1) * c->kvd);
+        if (st != MG_OK) return st;
     }
+    return MG_OK;
 }
 
 /* Relative L2 difference of two layer columns (2 * kvd floats). */
@@ -123,8 +125,13 @@ mg_status mg_flip_study(const mg_model *model, const mg_backend_ops *backend, co
     int rows_cap = B > PREFILL_ROWS ? B : PREFILL_ROWS;
     int per_seq_blocks = (max_prompt + N + KV_BLOCK - 1) / KV_BLOCK;
     mg_status st = mg_forward_init(&c.fw, model, backend, rows_cap);
-    if (st == MG_OK) st = mg_kv_pool_init(&c.pool, L, cfg->n_kv_heads, cfg->head_dim, KV_BLOCK, per_seq_blocks * B);
-    c.logits = malloc((size_t)rows_cap * cfg->vocab_size * sizeof(float));
+    /* The K/V cache holds what the activations hold: BF16 on a device in
+     * BF16 numerics (as the engine and `generate` keep it), else FP32. */
+    const mg_dtype kv_dtype = !backend->host_memory && o->precision == MG_ACT_BF16 ? MG_DTYPE_BF16 : MG_DTYPE_F32;
+    if (st == MG_OK)
+        st = mg_kv_pool_init_on(&c.pool, backend, kv_dtype, L, cfg->n_kv_heads, cfg->head_dim, KV_BLOCK,
+                                per_seq_blocks * B);
+    c.top = malloc((size_t)rows_cap * sizeof(mg_argmax));
     c.tok = malloc((size_t)rows_cap * sizeof(int32_t));
     c.pos = malloc((size_t)rows_cap * sizeof(int32_t));
     c.seqs = malloc((size_t)rows_cap * sizeof(mg_kv_seq *));
@@ -137,7 +144,7 @@ mg_status mg_flip_study(const mg_model *model, const mg_backend_ops *backend, co
     row_state **bptr = malloc((size_t)B * sizeof *bptr);
     float *solo_kv = malloc((size_t)P * N * col * sizeof(float)); /* (P, N, L, 2, kvd) */
     float *bcol = malloc(col * sizeof(float));
-    if (st == MG_OK && (!c.logits || !c.tok || !c.pos || !c.seqs || !c.want || !solo || !brow || !bptr ||
+    if (st == MG_OK && (!c.top || !c.tok || !c.pos || !c.seqs || !c.want || !solo || !brow || !bptr ||
                         !solo_kv || !bcol))
         st = mg_error_set(MG_ERR_OOM, "cannot allocate the flip study buffers");
     for (int i = 0; st == MG_OK && i < P; i++) {
@@ -160,7 +167,7 @@ mg_status mg_flip_study(const mg_model *model, const mg_backend_ops *backend, co
         if ((st = prefill_alone(&c, d, p, r, o->precision)) != MG_OK) break;
         for (int s = 1; st == MG_OK && s < N; s++) {
             st = decode_step(&c, &r, 1, s, o->precision);
-            kv_column(&c, &r->seq, r->n_prompt + s - 1, solo_kv + ((size_t)p * N + s) * col);
+            if (st == MG_OK) st = kv_column(&c, &r->seq, r->n_prompt + s - 1, solo_kv + ((size_t)p * N + s) * col);
         }
         mg_kv_seq_free(&c.pool, &r->seq);
     }
@@ -190,7 +197,7 @@ mg_status mg_flip_study(const mg_model *model, const mg_backend_ops *backend, co
                 float layer_rel[L];
                 float mean = 0;
                 if (s > 0) {
-                    kv_column(&c, &ba->seq, ba->n_prompt + s - 1, bcol);
+                    if ((st = kv_column(&c, &ba->seq, ba->n_prompt + s - 1, bcol)) != MG_OK) break;
                     const float *sc = solo_kv + ((size_t)p * N + s) * col;
                     for (int l = 0; l < L; l++) {
                         layer_rel[l] = rel_diff(bcol + (size_t)2 * l * c.kvd, sc + (size_t)2 * l * c.kvd, 2 * c.kvd);
@@ -240,7 +247,7 @@ mg_status mg_flip_study(const mg_model *model, const mg_backend_ops *backend, co
     free(bptr);
     free(solo_kv);
     free(bcol);
-    free(c.logits);
+    free(c.top);
     free(c.tok);
     free(c.pos);
     free(c.seqs);
