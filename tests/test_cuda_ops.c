@@ -368,8 +368,12 @@ Test(cuda_ops, matmul_vs_cpu) {
     const mg_backend_ops *g = gpu_or_skip();
     rng_seed(4);
     const int Ms[] = {1, 9, 33, 130, 3, 8, 16, 17, 32, 64, 65, 300};
-    const nk_shape shapes[] = {{200, 96}, {48, 100}, {64, 64}, {1024, 512}, {128, 1408}, {40, 72}};
-    const int n_shapes = quick() ? 2 : 6, n_ms = quick() ? 4 : 12;
+    /* K = 4384: 5 groups of 4 splits (matmul_tc.cuh), the last one a full
+     * split and a 32-column one; K = 14336: 14 groups (Llama-3.1-8B's
+     * w_down), where small batches split K over blocks. */
+    const nk_shape shapes[] = {{200, 96}, {48, 100}, {96, 4384}, {64, 64}, {1024, 512}, {128, 1408}, {40, 72},
+                               {40, 14336}};
+    const int n_shapes = quick() ? 3 : 8, n_ms = quick() ? 4 : 12;
     for (int si = 0; si < n_shapes; si++)
         for (int mi = 0; mi < n_ms; mi++)
             for (int kern = 0; kern < 2; kern++)
@@ -397,9 +401,11 @@ Test(cuda_ops, matmul_multi_equals_separate) {
     const mg_backend_ops *g = gpu_or_skip();
     rng_seed(6);
     const int Ms[] = {1, 13, 70};
-    for (int mi = 0; mi < 3; mi++)
+    /* K = 2080: 3 groups; whether and how K is split over blocks depends on
+     * the tile count, which differs between the fused and separate launches. */
+    for (int mk = 0; mk < 6; mk++)
         for (int kern = 0; kern < 2; kern++) {
-            const int M = Ms[mi], K = 256, Ns[3] = {96, 32, 40};
+            const int M = Ms[mk % 3], K = mk < 3 ? 256 : 2080, Ns[3] = {96, 32, 40};
             test_matrix w[3];
             float *bias[3];
             mg_matmul_part parts[3];
@@ -431,10 +437,12 @@ Test(cuda_ops, matmul_multi_equals_separate) {
 }
 
 /* INVARIANT matmul: row r of a batch of M equals the row computed alone,
- * bit for bit, for M across the skinny (<= 32 rows) and both tiled paths. */
+ * bit for bit, for M across the skinny (<= MG_CUDA_SKINNY_MAX rows) and both
+ * tiled kernels, with K split over blocks or not (the choice depends on the
+ * tile count: on N, M and the GPU's SM count). */
 static void check_matmul_invariance(const mg_backend_ops *g, int N, int K, int logits) {
-    const int Ms[] = {2, 9, 17, 33, 257, 5, 8, 16, 31, 32, 64, 65, 100};
-    const int n_ms = quick() ? 5 : 13;
+    const int Ms[] = {2, 9, 17, 33, 257, 5, 8, 16, 31, 32, 64, 65, 100, 128, 129};
+    const int n_ms = quick() ? 5 : 15;
     test_matrix w = make_matrix(g, N, K, MG_DTYPE_BF16, 1.0f / sqrtf((float)K));
     float *bias = rand_vec((size_t)N, 0.5f, 0);
     float *bias_d = logits ? NULL : dev_copy(g, bias, (size_t)N * sizeof(float));
@@ -479,9 +487,61 @@ Test(cuda_ops, matmul_invariant_bitwise_across_batch_sizes) {
     rng_seed(7);
     check_matmul_invariance(g, 256, 1408, 0); /* last split shorter than the others */
     check_matmul_invariance(g, 8192, 512, 0); /* wide enough for the 128-row tiled kernel */
+    check_matmul_invariance(g, 200, 4384, 0); /* 5 groups, last partial; few tiles: K split */
     if (quick()) return;
-    check_matmul_invariance(g, 200, 4096, 0); /* rows not a multiple of the tiles */
-    check_matmul_invariance(g, 3000, 256, 1); /* FP32 logits */
+    check_matmul_invariance(g, 200, 4096, 0);   /* rows not a multiple of the tiles */
+    check_matmul_invariance(g, 3000, 256, 1);   /* FP32 logits */
+    check_matmul_invariance(g, 3000, 2080, 1);  /* FP32 logits, 3 groups (the last: one 32-column split) */
+    check_matmul_invariance(g, 8192, 4384, 0);  /* many tiles: K split only for some M */
+    check_matmul_invariance(g, 1000, 14336, 0); /* 14 groups (w_down's K) */
+}
+
+/* The same checks and the CPU comparison with the tunables forced (they
+ * pick kernels, tiles and K splits, never the order): set before the
+ * backend starts in this test's process (Criterion forks one per test; in
+ * a no-fork run they may come too late, which only narrows the coverage). */
+static const mg_backend_ops *gpu_with_env(const char *skinny_max, const char *split_blocks) {
+    setenv("MG_CUDA_SKINNY_MAX", skinny_max, 1);
+    if (split_blocks)
+        setenv("MG_CUDA_MM_SPLIT_BLOCKS", split_blocks, 1);
+    else
+        unsetenv("MG_CUDA_MM_SPLIT_BLOCKS");
+    return gpu_or_skip();
+}
+
+static void forced_matmul_checks(const mg_backend_ops *g) {
+    const int Ms[] = {1, 17, 64, 65, 130};
+    for (int mi = 0; mi < 5; mi++) {
+        check_matmul(g, Ms[mi], 96, 4384, MG_DTYPE_BF16, 1, MG_KERNELS_INVARIANT, 1, 0);
+        check_matmul(g, Ms[mi], 300, 2080, MG_DTYPE_BF16, 1, MG_KERNELS_INVARIANT, 0, 1);
+    }
+    check_matmul_invariance(g, 200, 4384, 0);
+    check_matmul_invariance(g, 3000, 2080, 1);
+    if (quick()) return;
+    check_matmul_invariance(g, 8192, 4384, 0);
+    check_matmul_invariance(g, 1000, 14336, 0);
+}
+
+/* Skinny up to 16 rows, tiled above; K never split. */
+Test(cuda_ops, matmul_invariant_forced_no_k_split) {
+    const mg_backend_ops *g = gpu_with_env("16", "0");
+    rng_seed(8);
+    forced_matmul_checks(g);
+}
+
+/* Skinny up to 16 rows, tiled above; K split whenever it has 2+ groups
+ * (skinny: 3+). */
+Test(cuda_ops, matmul_invariant_forced_k_split) {
+    const mg_backend_ops *g = gpu_with_env("16", "100000000");
+    rng_seed(9);
+    forced_matmul_checks(g);
+}
+
+/* Tiled kernels for every M (the 64-row tiles at small M). */
+Test(cuda_ops, matmul_invariant_forced_tiled_only) {
+    const mg_backend_ops *g = gpu_with_env("0", NULL);
+    rng_seed(10);
+    forced_matmul_checks(g);
 }
 
 /* ---- RoPE + KV store, attention ----------------------------------------------------------- */

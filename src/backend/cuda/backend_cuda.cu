@@ -465,8 +465,9 @@ static mg_status cuda_init(void) {
     mg_cuda.smem_optin = prop.sharedMemPerBlockOptin;
     MG_CUDA_TRY(cudaStreamCreateWithFlags(&mg_cuda.stream, cudaStreamNonBlocking));
     /* Defaults from the H100 run of 2026-11-22 (bench/results/cuda-h100-2026-11-22-run2.md):
-     * the v2 skinny kernel up to 64 rows beat v1 and the tiled kernel at batch 1-64. */
-    mg_cuda.skinny_max_rows = env_int("MG_CUDA_SKINNY_MAX", 64);
+     * the v2 skinny kernel beat v1 and the tiled kernel at batch 1-64; up to 32 rows since
+     * the tiled kernel splits K over blocks (a skinny block re-reads every activation row). */
+    mg_cuda.skinny_max_rows = env_int("MG_CUDA_SKINNY_MAX", 32);
     mg_cuda.skinny_v2 = env_int("MG_CUDA_SKINNY_V2", 1) != 0;
     const char *fg = getenv("MG_CUDA_FAST_GEMM");
     mg_cuda.fast_gemm_tc = fg && !strcmp(fg, "tc");

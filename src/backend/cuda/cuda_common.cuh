@@ -54,7 +54,7 @@ typedef struct {
     size_t smem_optin;  /* largest dynamic shared memory a block may opt into */
     cudaStream_t stream;
     /* Tunables, from the environment at init (docs/cuda.md). */
-    int skinny_max_rows;  /* MG_CUDA_SKINNY_MAX: tensor-core skinny kernel up to this many rows (64) */
+    int skinny_max_rows;  /* MG_CUDA_SKINNY_MAX: tensor-core skinny kernel up to this many rows (32) */
     int fast_gemm_tc;     /* MG_CUDA_FAST_GEMM=tc: the fast path uses the invariant kernels too */
     int skinny_v2;        /* MG_CUDA_SKINNY_V2 (default 1): skinny kernel issues a split's weight loads up front */
 } mg_cuda_ctx;
@@ -63,7 +63,8 @@ extern mg_cuda_ctx mg_cuda;
 
 /* Growable device scratch, one per purpose; the pointer stays valid until
  * the next call with the same slot. Waits for pending work before growing. */
-enum { MG_SCRATCH_ATTN = 0, MG_SCRATCH_GEMM = 1, MG_SCRATCH_TMP = 2, MG_SCRATCH_COUNT };
+/* MG_SCRATCH_MM_SPLIT: the invariant matmul's K-split workspace (matmul_tc.cu). */
+enum { MG_SCRATCH_ATTN = 0, MG_SCRATCH_GEMM = 1, MG_SCRATCH_TMP = 2, MG_SCRATCH_MM_SPLIT = 3, MG_SCRATCH_COUNT };
 mg_status mg_cuda_scratch(int slot, size_t bytes, void **out);
 
 /* ---- rows metadata (rows_prepare) --------------------------------------- */
