@@ -156,6 +156,19 @@ typedef struct mg_backend_ops {
      * equal maxima), runner-up and FP32 top-1/top-2 margin, computed where
      * the logits are. out is backend memory. */
     mg_status (*argmax)(mg_argmax *out /* (n) */, const float *logits /* (n, vocab) */, int n, int vocab);
+
+    /* ---- graphs (optional: NULL where the backend has none) ------------- */
+
+    /* Runs issue(ctx), which enqueues the device work of one forward pass
+     * (no host reads, no allocation once warm), through a graph cache: the
+     * first call with a key runs issue directly, the next one captures it
+     * into a graph and launches that, later calls launch the graph without
+     * calling issue. A capture that fails runs issue directly instead.
+     * `key` (key_bytes, compared bytewise) must identify everything the
+     * launches of issue depend on other than device data (shapes, buffer
+     * addresses, modes); the backend itself drops graphs whose own buffers
+     * (rows metadata, scratch) have moved. */
+    mg_status (*graph_run)(const void *key, size_t key_bytes, mg_status (*issue)(void *ctx), void *ctx);
 } mg_backend_ops;
 
 /* The CPU reference backend (OpenMP across output rows). */

@@ -148,32 +148,42 @@ static mg_status reserve_logits(mg_forward *fw, int m) {
         if (st_ != MG_OK) return st_;                                                                        \
     } while (0)
 
-mg_status mg_forward_run_ex(mg_forward *fw, mg_kv_pool *pool, const mg_batch *b, mg_kernels kernels,
-                            mg_act_precision precision, const mg_forward_out *out) {
-    TRY(check_batch(fw, b));
-    if (pool->ops != fw->ops)
-        return mg_error_set(MG_ERR_ARG, "the KV pool lives on the %s backend, the forward pass runs on %s",
-                            pool->ops ? pool->ops->name : "no", fw->ops->name);
+/* One forward pass's device work, from the embedding to the argmax. */
+typedef struct {
+    mg_forward *fw;
+    mg_kv_pool *pool;
+    const mg_batch *b;
+    const mg_attn_rows *rows;
+    mg_kernels kernels;
+    mg_act_precision precision;
+    int all_want; /* every row wants logits */
+    int m;        /* rows that want logits */
+    int argmax;   /* compute the argmax rows too */
+} pass_ctx;
+
+static mg_status issue_pass(void *ctx) {
+    const pass_ctx *pc = (const pass_ctx *)ctx;
+    mg_forward *fw = pc->fw;
+    mg_kv_pool *pool = pc->pool;
+    const mg_batch *b = pc->b;
+    const mg_attn_rows *rows = pc->rows;
+    const mg_kernels kernels = pc->kernels;
     const mg_config *c = &fw->model->config;
     const mg_weights *w = fw->w;
     const mg_backend_ops *ops = fw->ops;
-    const int n = b->n_rows, rb = precision == MG_ACT_BF16, L = c->n_layers;
+    const int n = b->n_rows, rb = pc->precision == MG_ACT_BF16, L = c->n_layers, all_want = pc->all_want;
     const size_t dim = (size_t)c->dim, row_bytes = dim * ops->act_size(rb);
     const float eps = c->norm_eps;
-    int all_want = 1;
-    for (int i = 0; i < n && all_want; i++) all_want = !b->want_logits || b->want_logits[i];
-    mg_attn_rows rows = {.n_rows = n, .tokens = b->tokens, .positions = b->positions, .seqs = b->seqs};
-    TRY(ops->rows_prepare(&rows));
 
-    TRY(ops->embed(fw->x, &w->tok_embed, &rows, rb));
+    TRY(ops->embed(fw->x, &w->tok_embed, rows, rb));
     TRY(ops->rmsnorm(fw->xb, fw->x, w->layers[0].attn_norm, n, c->dim, eps, rb));
     for (int l = 0; l < L; l++) {
         const mg_layer_weights *lw = &w->layers[l];
         /* attention block */
         const mg_matmul_part qkv[3] = {{fw->q, &lw->wq, lw->bq}, {fw->k, &lw->wk, lw->bk}, {fw->v, &lw->wv, lw->bv}};
         TRY(ops->matmul_multi(qkv, 3, fw->xb, n, kernels, rb));
-        TRY(ops->rope_kv_store(fw->q, fw->k, fw->v, pool, l, &rows, c->n_heads, fw->inv_freq, rb));
-        TRY(ops->attention(fw->att, fw->q, pool, l, &rows, c->n_heads, kernels, rb));
+        TRY(ops->rope_kv_store(fw->q, fw->k, fw->v, pool, l, rows, c->n_heads, fw->inv_freq, rb));
+        TRY(ops->attention(fw->att, fw->q, pool, l, rows, c->n_heads, kernels, rb));
         TRY(ops->matmul(fw->proj, fw->att, &lw->wo, lw->bo, n, kernels, rb));
         TRY(ops->add_rmsnorm(fw->x, fw->proj, fw->xb, lw->mlp_norm, n, c->dim, eps, rb));
         /* MLP block */
@@ -207,13 +217,54 @@ mg_status mg_forward_run_ex(mg_forward *fw, mg_kv_pool *pool, const mg_batch *b,
         i = j;
     }
     if (m == 0) return MG_OK;
-    TRY(reserve_logits(fw, m));
     TRY(ops->logits(fw->logits, fw->last, &w->lm_head, m, kernels, rb));
-    const size_t vocab = (size_t)c->vocab_size;
-    if (out->argmax) {
-        TRY(ops->argmax(fw->argmax, fw->logits, m, c->vocab_size));
-        TRY(ops->download(out->argmax, fw->argmax, (size_t)m * sizeof(mg_argmax)));
+    if (pc->argmax) TRY(ops->argmax(fw->argmax, fw->logits, m, c->vocab_size));
+    return MG_OK;
+}
+
+/* What a graph of a pass depends on besides device data (see graph_run). */
+typedef struct {
+    const void *fw, *pool, *logits, *argmax;
+    int n_rows, kernels, precision, all_want, argmax_wanted;
+} pass_key;
+
+mg_status mg_forward_run_ex(mg_forward *fw, mg_kv_pool *pool, const mg_batch *b, mg_kernels kernels,
+                            mg_act_precision precision, const mg_forward_out *out) {
+    TRY(check_batch(fw, b));
+    if (pool->ops != fw->ops)
+        return mg_error_set(MG_ERR_ARG, "the KV pool lives on the %s backend, the forward pass runs on %s",
+                            pool->ops ? pool->ops->name : "no", fw->ops->name);
+    const mg_config *c = &fw->model->config;
+    const mg_backend_ops *ops = fw->ops;
+    const int n = b->n_rows;
+    int m = 0;
+    for (int i = 0; i < n; i++) m += !b->want_logits || b->want_logits[i];
+    mg_attn_rows rows = {.n_rows = n, .tokens = b->tokens, .positions = b->positions, .seqs = b->seqs};
+    TRY(ops->rows_prepare(&rows));
+    if (m > 0) TRY(reserve_logits(fw, m));
+    pass_ctx pc = {.fw = fw, .pool = pool, .b = b, .rows = &rows, .kernels = kernels, .precision = precision,
+                   .all_want = m == n, .m = m, .argmax = out->argmax != NULL};
+    /* Decode-shaped passes (every row wants logits) go through the
+     * backend's graph cache when it has one: same shapes, same buffers. */
+    if (ops->graph_run && pc.all_want) {
+        pass_key key;
+        memset(&key, 0, sizeof key); /* padding bytes are compared too */
+        key.fw = fw;
+        key.pool = pool;
+        key.logits = fw->logits;
+        key.argmax = fw->argmax;
+        key.n_rows = n;
+        key.kernels = (int)kernels;
+        key.precision = (int)precision;
+        key.all_want = pc.all_want;
+        key.argmax_wanted = pc.argmax;
+        TRY(ops->graph_run(&key, sizeof key, issue_pass, &pc));
+    } else {
+        TRY(issue_pass(&pc));
     }
+    if (m == 0) return MG_OK;
+    const size_t vocab = (size_t)c->vocab_size;
+    if (out->argmax) TRY(ops->download(out->argmax, fw->argmax, (size_t)m * sizeof(mg_argmax)));
     if (out->logits) TRY(ops->download(out->logits, fw->logits, (size_t)m * vocab * sizeof(float)));
     return MG_OK;
 }

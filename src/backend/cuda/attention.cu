@@ -91,14 +91,14 @@ static __device__ __forceinline__ void tile_wait() { asm volatile("cp.async.wait
 /* One (query group, chunk) item for KV head blockIdx.y; MAXV >= p.max_vec
  * bounds the vectors (rows x query heads of the group) a block holds. */
 template <typename T, typename KV, int MAXV>
-__global__ void __launch_bounds__(ATTN_WARPS * 32)
-    attn_partial_kernel(const T *q, const KV *kc, const KV *vc, attn_params p, const int32_t *positions,
-                        const int32_t *bt_off, const int32_t *bt, const int32_t *groups, const int32_t *items,
-                        const int32_t *part_base, float2 *part_ms, float *part_out) {
-    extern __shared__ __align__(16) float smem[];
+static __device__ __forceinline__ void attn_item(float *smem, int item, const T *q, const KV *kc, const KV *vc,
+                                                 const attn_params &p, const int32_t *positions,
+                                                 const int32_t *bt_off, const int32_t *bt, const int32_t *groups,
+                                                 const int32_t *items, const int32_t *part_base, float2 *part_ms,
+                                                 float *part_out) {
     constexpr int E = 16 / sizeof(KV);
     const int hd = p.hd, ld = tile_ld<KV>(hd), mv = p.max_vec;
-    const int kvh = blockIdx.y, gi = items[2 * blockIdx.x], chunk = items[2 * blockIdx.x + 1];
+    const int kvh = blockIdx.y, gi = items[2 * item], chunk = items[2 * item + 1];
     const int r0 = groups[3 * gi], r1 = groups[3 * gi + 1], cl = groups[3 * gi + 2];
     const int nv = (r1 - r0) * p.group;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -227,6 +227,23 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32)
     }
 }
 
+/* Blocks (x: a fixed count, y: KV heads) loop over the items, whose count
+ * is read on the device: the launch depends on the rows layout only, so a
+ * CUDA graph of a decode step stays valid as the contexts grow. */
+template <typename T, typename KV, int MAXV>
+__global__ void __launch_bounds__(ATTN_WARPS * 32)
+    attn_partial_kernel(const T *q, const KV *kc, const KV *vc, attn_params p, const int32_t *positions,
+                        const int32_t *bt_off, const int32_t *bt, const int32_t *groups, const int32_t *items,
+                        const int32_t *n_items, const int32_t *part_base, float2 *part_ms, float *part_out) {
+    extern __shared__ __align__(16) float smem[];
+    const int count = *n_items;
+    for (int item = blockIdx.x; item < count; item += gridDim.x) {
+        attn_item<T, KV, MAXV>(smem, item, q, kc, vc, p, positions, bt_off, bt, groups, items, part_base, part_ms,
+                               part_out);
+        __syncthreads(); /* shared memory is reused by the next item */
+    }
+}
+
 template <typename T>
 __global__ void attn_merge_kernel(T *out, const float2 *part_ms, const float *part_out, const int32_t *n_chunks,
                                   const int32_t *part_base, int n_rows, int n_heads, int hd) {
@@ -280,10 +297,10 @@ static mg_status launch_partial(const void *q, const mg_kv_pool *pool, const mg_
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         opted = smem;
     }
-    dim3 grid((unsigned)w->n_items, (unsigned)p.n_kv_heads);
+    dim3 grid((unsigned)w->items_grid, (unsigned)p.n_kv_heads);
     attn_partial_kernel<T, KV, MAXV><<<grid, ATTN_WARPS * 32, smem, mg_cuda.stream>>>(
         (const T *)q, (const KV *)pool->k, (const KV *)pool->v, p, r->positions, r->bt_off, r->bt, w->groups, w->items,
-        w->part_base, ms, po);
+        w->n_items_dev, w->part_base, ms, po);
     MG_CUDA_LAUNCHED("attn_partial");
     return MG_OK;
 }
@@ -291,7 +308,7 @@ static mg_status launch_partial(const void *q, const mg_kv_pool *pool, const mg_
 template <typename T, typename KV>
 static mg_status launch(void *out, const void *q, const mg_kv_pool *pool, const mg_cuda_rows *r,
                         const mg_cuda_attn_work *w, const attn_params &p, float2 *ms, float *po, int n_rows) {
-    if (w->n_items > 0) {
+    if (w->items_grid > 0) {
         if (p.max_vec <= 4) MG_TRY((launch_partial<T, KV, 4>(q, pool, r, w, p, ms, po)));
         else if (p.max_vec <= 16) MG_TRY((launch_partial<T, KV, 16>(q, pool, r, w, p, ms, po)));
         else if (p.max_vec <= 32) MG_TRY((launch_partial<T, KV, 32>(q, pool, r, w, p, ms, po)));
@@ -328,7 +345,9 @@ mg_status mg_cuda_attention(void *out, const void *q, const mg_kv_pool *pool, in
     p.sub = MG_ATTN_CHUNK;
     p.scale = 1.0f / sqrtf((float)hd);
     /* Partials: (m, s) pairs first (8-byte aligned), then the outputs. */
-    const size_t n_ms = (size_t)w->n_parts * n_heads;
+    /* Sized for the layout's capacity, not this pass's partials, so that a
+     * replayed graph never outgrows it. */
+    const size_t n_ms = (size_t)r->parts_cap * n_heads;
     void *scratch;
     MG_TRY(mg_cuda_scratch(MG_SCRATCH_ATTN, n_ms * sizeof(float2) + n_ms * hd * sizeof(float), &scratch));
     float2 *ms = (float2 *)scratch;

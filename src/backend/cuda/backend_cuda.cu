@@ -41,6 +41,7 @@ mg_status mg_cuda_scratch(int slot, size_t bytes, void **out) {
         size_t grown = bytes + bytes / 4;
         MG_CUDA_TRY(cudaMalloc(&scratch[slot].p, grown));
         scratch[slot].bytes = grown;
+        mg_cuda.scratch_gen++;
     }
     *out = scratch[slot].p;
     return MG_OK;
@@ -287,10 +288,32 @@ static int fast_chunk_len(int len, int n_groups) {
     return (len + split - 1) / split;
 }
 
+/* The layout of the rows metadata: graphs recorded addresses inside it, so
+ * a graph is replayed only while the layout it was captured with holds. */
+typedef struct {
+    const int32_t *buf;
+    int n_rows, bt_cap, items_cap, parts_cap;
+    unsigned scratch_gen;
+} rows_layout;
+static rows_layout rows_cur;
+
+static int layout_eq(const rows_layout *a, const rows_layout *b) {
+    return a->buf == b->buf && a->n_rows == b->n_rows && a->bt_cap == b->bt_cap && a->items_cap == b->items_cap &&
+           a->parts_cap == b->parts_cap && a->scratch_gen == b->scratch_gen;
+}
+
+static size_t pow2_at_least(size_t v, size_t lo) {
+    size_t p = lo;
+    while (p < v) p *= 2;
+    return p;
+}
+
 static mg_status cuda_rows_prepare(mg_attn_rows *rows) {
     const int n = rows->n_rows;
-    /* Layout (int32): tokens, positions, bt_off (n each), bt, then per mode:
-     * groups (3 per group), items (2 per item), n_chunks (n), part_base (n). */
+    /* Layout (int32): tokens, positions, bt_off (n each), bt (bt_cap), then
+     * per mode: groups (3 n), items (2 items_cap), n_chunks (n), part_base
+     * (n), n_items (1). Capacities are rounded up to powers of two so that
+     * the offsets stay put from one decode step to the next. */
     size_t bt_total = 0;
     int n_groups = 0, max_pos = 0;
     for (int i = 0; i < n; i++) {
@@ -305,10 +328,12 @@ static mg_status cuda_rows_prepare(mg_attn_rows *rows) {
         }
         in_group++;
     }
-    /* Items per mode: chunks of each group's longest row. */
-    size_t items_cap = 0;
-    for (int i = 0; i < n; i++) items_cap += (size_t)rows->positions[i] / 32 + 1; /* >= chunks of any mode */
-    size_t need = 3 * (size_t)n + bt_total + 2 * (3 * (size_t)n_groups + 2 * items_cap + 2 * (size_t)n);
+    /* Items per mode: chunks of each group's longest row; a row's chunks
+     * (hence its partials) are at most pos / 32 + 1 in either mode. */
+    size_t items_bound = 0;
+    for (int i = 0; i < n; i++) items_bound += (size_t)rows->positions[i] / 32 + 1;
+    const size_t bt_cap = pow2_at_least(bt_total, 64), items_cap = pow2_at_least(items_bound, 64);
+    size_t need = 3 * (size_t)n + bt_cap + 2 * (3 * (size_t)n + 2 * items_cap + 2 * (size_t)n + 1);
     if (!rows_uploaded) MG_CUDA_TRY(cudaEventCreateWithFlags(&rows_uploaded, cudaEventDisableTiming));
     MG_CUDA_TRY(cudaEventSynchronize(rows_uploaded)); /* the previous upload has read the staging */
     if (need > rows_host_cap) {
@@ -333,8 +358,8 @@ static mg_status cuda_rows_prepare(mg_attn_rows *rows) {
             bt_off[i] = bt_off[i - 1];
         }
     }
-    size_t off[2][4]; /* per mode: groups, items, n_chunks, part_base (int32 offsets) */
-    size_t cur = 3 * (size_t)n + bt_total;
+    size_t off[2][5]; /* per mode: groups, items, n_chunks, part_base, n_items (int32 offsets) */
+    size_t cur = 3 * (size_t)n + bt_cap;
     int counts[2][3];
     for (int mode = 0; mode < 2; mode++) {
         int32_t *groups = h + cur;
@@ -348,7 +373,7 @@ static mg_status cuda_rows_prepare(mg_attn_rows *rows) {
             groups[3 * (g - 1) + 1] = i + 1;
             in_group++;
         }
-        int32_t *items = groups + 3 * n_groups;
+        int32_t *items = groups + 3 * (size_t)n;
         int n_items = 0;
         int32_t *nch = items + 2 * items_cap, *pbase = nch + n;
         int n_parts = 0;
@@ -370,14 +395,16 @@ static mg_status cuda_rows_prepare(mg_attn_rows *rows) {
                 n_parts += nch[r];
             }
         }
+        pbase[n] = n_items; /* the n_items slot follows part_base */
         off[mode][0] = cur;
-        off[mode][1] = cur + 3 * (size_t)n_groups;
+        off[mode][1] = cur + 3 * (size_t)n;
         off[mode][2] = off[mode][1] + 2 * items_cap;
         off[mode][3] = off[mode][2] + n;
+        off[mode][4] = off[mode][3] + n;
         counts[mode][0] = n_groups;
         counts[mode][1] = n_items;
         counts[mode][2] = n_parts;
-        cur = off[mode][3] + n;
+        cur = off[mode][4] + 1;
     }
     if (cur > rows_buf_cap) {
         MG_CUDA_TRY(cudaStreamSynchronize(mg_cuda.stream));
@@ -392,21 +419,106 @@ static mg_status cuda_rows_prepare(mg_attn_rows *rows) {
     MG_CUDA_TRY(cudaEventRecord(rows_uploaded, mg_cuda.stream));
     rows_dev.n_rows = n;
     rows_dev.max_pos = max_pos;
+    rows_dev.parts_cap = (int)items_cap; /* n_parts <= items_bound in both modes */
     rows_dev.tokens = rows_buf;
     rows_dev.positions = rows_buf + n;
     rows_dev.bt_off = rows_buf + 2 * n;
     rows_dev.bt = rows_buf + 3 * n;
+    /* Blocks along the items: enough for a few waves, never more than the
+     * capacity (so the grid depends on the layout only). */
+    const int items_grid = (int)(items_cap < (size_t)mg_cuda.n_sm * 16 ? items_cap : (size_t)mg_cuda.n_sm * 16);
     for (int mode = 0; mode < 2; mode++) {
         mg_cuda_attn_work *w = &rows_dev.work[mode];
         w->n_groups = counts[mode][0];
         w->n_items = counts[mode][1];
         w->n_parts = counts[mode][2];
+        w->items_grid = items_grid;
         w->groups = rows_buf + off[mode][0];
         w->items = rows_buf + off[mode][1];
         w->n_chunks = rows_buf + off[mode][2];
         w->part_base = rows_buf + off[mode][3];
+        w->n_items_dev = rows_buf + off[mode][4];
     }
+    rows_cur = (rows_layout){rows_buf, n, (int)bt_cap, (int)items_cap, (int)items_cap, 0};
     rows->dev = &rows_dev;
+    return MG_OK;
+}
+
+/* ---- graphs ---------------------------------------------------------------- */
+
+#define GRAPH_SLOTS 64
+#define GRAPH_KEY_MAX 128
+
+typedef struct {
+    unsigned char key[GRAPH_KEY_MAX];
+    size_t key_bytes;
+    rows_layout layout; /* the layout (and scratch generation) of the last direct run or capture */
+    cudaGraphExec_t exec;
+    unsigned long long last_use;
+    int warm; /* ran directly once with this layout: the next call captures */
+} graph_slot;
+
+static graph_slot graphs[GRAPH_SLOTS];
+static unsigned long long graph_clock;
+
+static void slot_reset(graph_slot *g) {
+    if (g->exec) cudaGraphExecDestroy(g->exec);
+    memset(g, 0, sizeof *g);
+}
+
+static mg_status cuda_graph_run(const void *key, size_t key_bytes, mg_status (*issue)(void *ctx), void *ctx) {
+    if (!mg_cuda.graphs || key_bytes > GRAPH_KEY_MAX) return issue(ctx);
+    rows_layout now = rows_cur;
+    now.scratch_gen = mg_cuda.scratch_gen;
+    graph_slot *g = NULL, *lru = &graphs[0];
+    for (int i = 0; i < GRAPH_SLOTS && !g; i++) {
+        if (graphs[i].key_bytes == key_bytes && !memcmp(graphs[i].key, key, key_bytes)) g = &graphs[i];
+        else if (graphs[i].last_use < lru->last_use) lru = &graphs[i];
+    }
+    if (!g) {
+        g = lru;
+        slot_reset(g);
+        memcpy(g->key, key, key_bytes);
+        g->key_bytes = key_bytes;
+    }
+    g->last_use = ++graph_clock;
+    const int same_layout = layout_eq(&g->layout, &now);
+    if (g->exec && same_layout) {
+        MG_CUDA_TRY(cudaGraphLaunch(g->exec, mg_cuda.stream));
+        return MG_OK;
+    }
+    if (!same_layout || !g->warm) {
+        /* First run with this layout: direct (it may grow scratch). */
+        if (g->exec) cudaGraphExecDestroy(g->exec);
+        g->exec = NULL;
+        mg_status st = issue(ctx);
+        g->layout = rows_cur;
+        g->layout.scratch_gen = mg_cuda.scratch_gen;
+        g->warm = st == MG_OK;
+        return st;
+    }
+    /* Second run with this layout: capture it, then launch the graph. */
+    cudaGraph_t graph = NULL;
+    MG_CUDA_TRY(cudaStreamBeginCapture(mg_cuda.stream, cudaStreamCaptureModeThreadLocal));
+    mg_status st = issue(ctx);
+    cudaError_t e = cudaStreamEndCapture(mg_cuda.stream, &graph);
+    if (st == MG_OK && e == cudaSuccess && mg_cuda.scratch_gen == now.scratch_gen)
+        e = cudaGraphInstantiate(&g->exec, graph, 0);
+    else
+        e = cudaErrorStreamCaptureInvalidated;
+    if (graph) cudaGraphDestroy(graph);
+    if (e != cudaSuccess) {
+        /* Something in the pass cannot be captured (or moved a buffer):
+         * run it directly; the next call starts over. */
+        (void)cudaGetLastError();
+        g->exec = NULL;
+        g->warm = 0;
+        st = issue(ctx);
+        g->layout = rows_cur;
+        g->layout.scratch_gen = mg_cuda.scratch_gen;
+        return st;
+    }
+    MG_CUDA_TRY(cudaGraphLaunch(g->exec, mg_cuda.stream));
     return MG_OK;
 }
 
@@ -439,6 +551,7 @@ static const mg_backend_ops cuda_ops = {
     /* .add = */ mg_cuda_add,
     /* .swiglu = */ mg_cuda_swiglu,
     /* .argmax = */ mg_cuda_argmax,
+    /* .graph_run = */ cuda_graph_run,
 };
 
 static int env_int(const char *name, int def) {
@@ -469,6 +582,7 @@ static mg_status cuda_init(void) {
      * the tiled kernel splits K over blocks (a skinny block re-reads every activation row). */
     mg_cuda.skinny_max_rows = env_int("MG_CUDA_SKINNY_MAX", 32);
     mg_cuda.skinny_v2 = env_int("MG_CUDA_SKINNY_V2", 1) != 0;
+    mg_cuda.graphs = env_int("MG_CUDA_GRAPHS", 1) != 0;
     const char *fg = getenv("MG_CUDA_FAST_GEMM");
     mg_cuda.fast_gemm_tc = fg && !strcmp(fg, "tc");
     mg_cuda.ready = 1;

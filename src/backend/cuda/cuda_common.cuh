@@ -57,6 +57,8 @@ typedef struct {
     int skinny_max_rows;  /* MG_CUDA_SKINNY_MAX: tensor-core skinny kernel up to this many rows (32) */
     int fast_gemm_tc;     /* MG_CUDA_FAST_GEMM=tc: the fast path uses the invariant kernels too */
     int skinny_v2;        /* MG_CUDA_SKINNY_V2 (default 1): skinny kernel issues a split's weight loads up front */
+    int graphs;           /* MG_CUDA_GRAPHS (default 1): decode passes replay CUDA graphs */
+    unsigned scratch_gen; /* bumped whenever a scratch buffer moves (graphs recorded its address) */
 } mg_cuda_ctx;
 
 extern mg_cuda_ctx mg_cuda;
@@ -79,6 +81,8 @@ mg_status mg_cuda_scratch(int slot, size_t bytes, void **out);
  * row the number of chunks and the index of its first partial. */
 typedef struct {
     int n_groups, n_items, n_parts;
+    int items_grid;           /* blocks along the items: fixed by the layout, each loops over the items */
+    const int32_t *n_items_dev; /* device (1): n_items, read by the attention kernel */
     const int32_t *groups;    /* device (n_groups, 3): first row, end row, chunk length */
     const int32_t *items;     /* device (n_items, 2): group, chunk index */
     const int32_t *n_chunks;  /* device (n_rows) */
@@ -88,6 +92,7 @@ typedef struct {
 typedef struct {
     int n_rows;
     int max_pos;
+    int parts_cap; /* partials the attention scratch is sized for (>= n_parts of both modes) */
     const int32_t *tokens;    /* device (n_rows) */
     const int32_t *positions; /* device (n_rows) */
     const int32_t *bt_off;    /* device (n_rows): offset of the row's block table in bt */
