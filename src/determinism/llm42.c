@@ -43,7 +43,7 @@ static mg_status commit_entry(mg_engine *e, mg_req *q, int row0, double share, d
     for (; j < n; j++) {
         const float *logits = mg_rows_logits(e, &e->aux, row0 + j);
         q->n_tokens = L + j; /* so that sampling sees position L + j */
-        vtok = mg_req_sample(e, q, logits, &margin);
+        vtok = mg_req_sample(e, q, &e->aux, row0 + j, &margin);
         q->margins[L + j] = margin;
         if (q->p.record_logits) q->hashes[L + j] = mg_logits_hash(logits, e->model->config.vocab_size);
         if (q->lp) mg_logprobs_record(e, q, L + j, vtok, logits);

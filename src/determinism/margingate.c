@@ -29,7 +29,7 @@ mg_status mg_margingate_verify(mg_engine *e, mg_req **reqs, const int32_t *fast_
         mg_req *q = reqs[i];
         const float *logits = mg_rows_logits(e, r, i);
         float margin;
-        int32_t tok = mg_req_sample(e, q, logits, &margin);
+        int32_t tok = mg_req_sample(e, q, r, i, &margin);
         q->c.verified_steps++;
         q->c.verify_passes++;
         q->c.verify_s += share;

@@ -39,7 +39,8 @@ static mg_status rows_init(mg_rows *r, int cap, int logits_cap, int vocab) {
     r->want = malloc((size_t)cap);
     r->req = malloc((size_t)cap * sizeof(mg_req *));
     r->logits = malloc((size_t)logits_cap * vocab * sizeof(float));
-    if (!r->tokens || !r->positions || !r->seqs || !r->want || !r->req || !r->logits)
+    r->top = malloc((size_t)logits_cap * sizeof(mg_argmax));
+    if (!r->tokens || !r->positions || !r->seqs || !r->want || !r->req || !r->logits || !r->top)
         return mg_error_set(MG_ERR_OOM, "cannot allocate batch buffers for %d rows", cap);
     return MG_OK;
 }
@@ -51,6 +52,7 @@ static void rows_free(mg_rows *r) {
     free(r->want);
     free(r->req);
     free(r->logits);
+    free(r->top);
 }
 
 void mg_rows_clear(mg_rows *r) { r->n = r->n_want = 0; }
@@ -66,15 +68,25 @@ void mg_rows_push(mg_rows *r, mg_req *q, int32_t token, int32_t pos, mg_kv_seq *
     r->n++;
 }
 
+/* Whether request q needs the logits of its rows, not only the argmax. */
+static int req_needs_logits(const mg_req *q) {
+    return q && (q->p.sampling.temperature > 0.0f || q->lp || q->p.record_logits);
+}
+
 mg_status mg_rows_run(mg_engine *e, mg_rows *r, mg_kernels kernels) {
     if (r->n == 0) return MG_OK;
     mg_batch b = {.n_rows = r->n, .tokens = r->tokens, .positions = r->positions, .seqs = r->seqs,
                   .want_logits = r->want};
-    return mg_forward_run(e->fw, &e->pool, &b, kernels, e->cfg.precision, r->logits);
+    /* Greedy rows need 16 bytes each (token, margin) from the backend; the
+     * logits (vocab floats per row) come back only when a request uses them. */
+    r->have_logits = 0;
+    for (int i = 0; i < r->n && !r->have_logits; i++) r->have_logits = r->want[i] && req_needs_logits(r->req[i]);
+    const mg_forward_out out = {.logits = r->have_logits ? r->logits : NULL, .argmax = r->top};
+    return mg_forward_run_ex(e->fw, &e->pool, &b, kernels, e->cfg.precision, &out);
 }
 
-float *mg_rows_logits(const mg_engine *e, const mg_rows *r, int i) {
-    return r->logits + (size_t)i * e->model->config.vocab_size;
+const float *mg_rows_logits(const mg_engine *e, const mg_rows *r, int i) {
+    return r->have_logits ? r->logits + (size_t)i * e->model->config.vocab_size : NULL;
 }
 
 /* ---- requests ------------------------------------------------------------ */
@@ -424,10 +436,10 @@ static mg_status isolated_prefill(mg_engine *e, mg_req *q, int *got_logits) {
     return MG_OK;
 }
 
-int32_t mg_req_sample(mg_engine *e, const mg_req *q, const float *logits, float *margin) {
-    int vocab = e->model->config.vocab_size;
-    *margin = mg_argmax_margin(logits, vocab).margin;
-    return mg_sample(logits, vocab, &q->p.sampling, q->n_tokens, e->scratch);
+int32_t mg_req_sample(mg_engine *e, const mg_req *q, const mg_rows *r, int i, float *margin) {
+    *margin = r->top[i].margin;
+    if (!(q->p.sampling.temperature > 0.0f)) return r->top[i].token; /* = mg_sample's greedy choice */
+    return mg_sample(mg_rows_logits(e, r, i), e->model->config.vocab_size, &q->p.sampling, q->n_tokens, e->scratch);
 }
 
 mg_status mg_req_accept(mg_engine *e, mg_req *q, int32_t tok, float margin, const float *logits, double now) {
@@ -519,10 +531,10 @@ mg_status mg_engine_step(mg_engine *e) {
             /* Advance the cached-prefix count for every row. */
             if (g->positions[r] + 1 > q->n_cached) q->n_cached = g->positions[r] + 1;
             if (!g->want[r]) continue;
-            const float *logits = mg_rows_logits(e, g, li++);
+            const float *logits = mg_rows_logits(e, g, li);
             int decode = q->n_tokens > q->n_prompt;
             float margin;
-            int32_t tok = mg_req_sample(e, q, logits, &margin);
+            int32_t tok = mg_req_sample(e, q, g, li++, &margin);
             if (decode) {
                 int fault = (q->p.mode == MG_MODE_LLM42 || q->p.mode == MG_MODE_MARGINGATE) && is_fault_step(q);
                 q->decode_steps++;
@@ -551,7 +563,7 @@ mg_status mg_engine_step(mg_engine *e) {
         if (got) {
             float margin;
             const float *logits = mg_rows_logits(e, &e->aux, 0);
-            int32_t tok = mg_req_sample(e, q, logits, &margin);
+            int32_t tok = mg_req_sample(e, q, &e->aux, 0, &margin);
             if ((st = mg_req_accept(e, q, tok, margin, logits, mg_now_s())) != MG_OK) goto out;
         }
     }

@@ -42,7 +42,9 @@ typedef struct {
     uint8_t *want;      /* (cap) */
     mg_req **req;       /* (cap) request of each row, NULL for padding */
     int n_want;
-    float *logits;      /* (logits_cap, vocab) */
+    float *logits;      /* (logits_cap, vocab): downloaded only when have_logits */
+    mg_argmax *top;     /* (logits_cap) the backend's argmax and margin of each wanted row */
+    int have_logits;    /* some wanted row's request needs its logits (sampling, logprobs, hashes) */
     int cap;
     int logits_cap;
 } mg_rows;
@@ -71,7 +73,10 @@ void mg_rows_push(mg_rows *r, mg_req *q, int32_t token, int32_t pos, mg_kv_seq *
 /* Runs the rows through the forward pass with `kernels`. */
 mg_status mg_rows_run(mg_engine *e, mg_rows *r, mg_kernels kernels);
 /* Logits of the i-th wanted row. */
-float *mg_rows_logits(const mg_engine *e, const mg_rows *r, int i);
+/* Logits of wanted row i of the last run, or NULL when the run did not
+ * download them (every wanted row's request was greedy without logprobs
+ * or logit hashes). */
+const float *mg_rows_logits(const mg_engine *e, const mg_rows *r, int i);
 
 /* 64-bit FNV-1a hash of a logits row. */
 uint64_t mg_logits_hash(const float *logits, int vocab);
@@ -86,7 +91,10 @@ void mg_req_check_done(mg_engine *e, mg_req *q, double now);
 
 /* Samples the token that follows q's tokens from a logits row; stores the
  * row's top-1/top-2 margin in *margin. */
-int32_t mg_req_sample(mg_engine *e, const mg_req *q, const float *logits, float *margin);
+/* The token request q takes from wanted row i of the last run of r, and
+ * that row's FP32 top-1/top-2 margin: the backend's argmax for a greedy
+ * request, else a draw from the row's logits. */
+int32_t mg_req_sample(mg_engine *e, const mg_req *q, const mg_rows *r, int i, float *margin);
 /* Appends a token produced from `logits` (fast path, verifier or prefill) and
  * updates the finish state. LLM-42 tokens after the first stay unverified. */
 mg_status mg_req_accept(mg_engine *e, mg_req *q, int32_t tok, float margin, const float *logits, double now);
