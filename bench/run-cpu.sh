@@ -84,10 +84,10 @@ md=$base.md
 txt=$(mktemp /tmp/margingate-bench-out.XXXXXX)
 
 clock=${clock:-wall}
-cmd="margingate bench -m $model --threads $threads --clock $clock --json $(basename "$json")${*:+ $*}"
+cmd="margingate bench -m $model --device cpu --threads $threads --clock $clock --json $(basename "$json")${*:+ $*}"
 start=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 t0=$(date +%s)
-"$bin" bench -m "$model" --threads "$threads" --clock "$clock" --json "$json" "$@" >"$txt"
+"$bin" bench -m "$model" --device cpu --threads "$threads" --clock "$clock" --json "$json" "$@" >"$txt"
 t1=$(date +%s)
 busy_after=$(busy_pct)
 
