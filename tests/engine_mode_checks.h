@@ -19,10 +19,10 @@
 
 #define NEW 24
 /* Longer than one 256-position attention chunk of the invariant kernels. */
-#define LONG_PROMPT 300
-/* LLM-42's verify passes over contexts of 140-164 positions: long enough for
+#define LONG_PROMPT 272
+/* LLM-42's verify passes over contexts of 100-124 positions: long enough for
  * a fast attention kernel to cut a row's keys into several chunks. */
-#define LLM42_PROMPT 140
+#define LLM42_PROMPT 100
 
 static inline mg_engine_config modes_config(void) {
     mg_engine_config c = mg_engine_config_default();
@@ -95,8 +95,8 @@ static inline int check_off_divergence(const mg_backend_ops *b) {
  * - in batches of 2..64 with other companions and staggered arrivals;
  * - with the prefill cut into chunks of 1..5 rows (max_batch_rows 5: decode
  *   rows come first, prefill takes the rows left);
- * - for 300-token prompts (two attention chunks) prefilled in chunks of at
- *   most 37 rows among other long prompts, vs 256 + 44 alone;
+ * - for 272-token prompts (two attention chunks) prefilled in chunks of at
+ *   most 37 rows among other long prompts, vs 256 + 16 alone;
  * - through swap preemption (a KV pool too small for 16 requests). */
 static inline void check_invariant_bitwise(const mg_backend_ops *b) {
     mg_model *m = load_small_model();
@@ -132,18 +132,18 @@ static inline void check_invariant_bitwise(const mg_backend_ops *b) {
         for (int i = 0; i < 12; i++)
             if (which[i] < PROBES) expect_same_run(b, &ref[which[i]], &out[i], which[i], 1, "max_batch_rows 5");
     }
-    /* Long prompts: one prefill chunk of 256 + 44 alone, chunks of <= 37 rows in a batch. */
+    /* Long prompts: prefill chunks of 256 + 16 alone, of <= 37 rows in a batch. */
     {
         run_out lref[2];
         for (int k = 0; k < 2; k++) lref[k] = modes_solo(b, m, &cfg, &p, k, LONG_PROMPT);
         mg_engine_config chunked = cfg;
         chunked.max_batch_rows = 37;
-        int which[6] = {700, 0, 701, 702, 1, 703}, arrive[6] = {0, 1, 0, 2, 3, 1};
-        run_out out[6];
-        run_engine_ex(b, m, &chunked, &p, which, arrive, 6, LONG_PROMPT, out);
-        for (int i = 0; i < 6; i++)
+        int which[4] = {700, 0, 701, 1}, arrive[4] = {0, 1, 0, 3};
+        run_out out[4];
+        run_engine_ex(b, m, &chunked, &p, which, arrive, 4, LONG_PROMPT, out);
+        for (int i = 0; i < 4; i++)
             if (which[i] < 2)
-                expect_same_run(b, &lref[which[i]], &out[i], which[i], 1, "300-token prompt, max_batch_rows 37");
+                expect_same_run(b, &lref[which[i]], &out[i], which[i], 1, "272-token prompt, max_batch_rows 37");
     }
     /* Preemption: a KV budget too small for all 16 requests at once forces swaps. */
     mg_engine_config small = cfg;
@@ -235,7 +235,7 @@ static inline long check_llm42_deterministic(const mg_backend_ops *b) {
  * come from the isolated prefill) are bitwise the same whichever requests
  * share the pass, wherever the request's verify windows fall (a request
  * verified early as a filler shifts them) and whatever the companions'
- * contexts. Checked at 140-164-token contexts, with staggered arrivals. */
+ * contexts. Checked at 100-124-token contexts, with staggered arrivals. */
 static inline void check_llm42_logits_bitwise(const mg_backend_ops *b) {
     mg_model *m = load_small_model();
     mg_engine_config cfg = modes_config();
@@ -246,7 +246,7 @@ static inline void check_llm42_logits_bitwise(const mg_backend_ops *b) {
     run_out out[7];
     run_engine_ex(b, m, &cfg, &p, which, arrive, 7, LLM42_PROMPT, out);
     for (int i = 0; i < 7; i++)
-        if (which[i] < 2) expect_same_run(b, &ref[which[i]], &out[i], which[i], 1, "llm42 batch 7, 140-token prompts");
+        if (which[i] < 2) expect_same_run(b, &ref[which[i]], &out[i], which[i], 1, "llm42 batch 7, 100-token prompts");
     mg_model_free(m);
 }
 
