@@ -5,7 +5,8 @@
 #   ops        tests/test_cuda_ops: every op vs the CPU reference, guards,
 #              invariant bitwise checks
 #   model      tests/test_cuda_model: mg-llama-27m HF goldens on the GPU,
-#              GPU vs CPU agreement, the batched engine on the GPU
+#              GPU vs CPU agreement
+#   modes      tests/test_cuda_modes: the batched engine's four modes on the GPU
 #   generate   `margingate generate` GPU vs CPU on golden prompts
 #   hf-27m     tools/hf_oracle.py: GPU logits vs HF transformers, mg-llama-27m
 #   ops-v2     the op tests again with MG_CUDA_SKINNY_V2=1 MG_CUDA_SKINNY_MAX=64
@@ -105,7 +106,7 @@ if [ -n "$PREBUILT" ]; then
     fi
 fi
 if [ $BUILT = 0 ]; then
-    if make -j"$(nproc)" CUDA=1 BUILD=$B $B/margingate $B/cuda_bench $B/tests/test_cuda_ops $B/tests/test_cuda_model \
+    if make -j"$(nproc)" CUDA=1 BUILD=$B $B/margingate $B/cuda_bench $B/tests/test_cuda_ops $B/tests/test_cuda_model $B/tests/test_cuda_modes \
         >> "$OUT/build.log" 2>&1; then
         BUILT=1
         stage build PASS "make CUDA=1 ($(grep -ci warning "$OUT/build.log") warning lines)"
@@ -145,6 +146,14 @@ ln -sfn "$(realpath "$MODEL")" "$SHARED/models/mg-llama-27m"
 if [ $BUILT = 1 ] && [ -f "$MODEL/golden.json" ]; then
     MG_SHARED_DIR=$SHARED run_criterion model "$OUT/model.log" "$B/tests/test_cuda_model"
     grep -E '^cuda ' "$OUT/model.log" | cut -c1-200
+    # The engine's four modes on the GPU (bitwise invariance, LLM-42
+    # rollback, MarginGate repair): tests/test_cuda_modes.
+    if [ -x "$B/tests/test_cuda_modes" ]; then
+        MG_SHARED_DIR=$SHARED run_criterion modes "$OUT/modes.log" "$B/tests/test_cuda_modes"
+        grep -E '^cuda ' "$OUT/modes.log" | cut -c1-200
+    else
+        stage modes SKIP "no $B/tests/test_cuda_modes (tools/gpu-prep.sh packs it)"
+    fi
 else
     stage model SKIP "no build or no $MODEL/golden.json"
 fi
