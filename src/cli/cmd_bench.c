@@ -556,6 +556,7 @@ int cmd_bench(int argc, char **argv) {
 
     int rc = 1, max_batch = 0, n_rows = 0, n_long = 0;
     mg_model *model = NULL;
+    const mg_weights *pinned = NULL; /* the device's weights, held for the run */
     mg_tokenizer *tok = NULL;
     mg_dataset ds = {0};
     int32_t *prompts = NULL, *long_prompt = NULL;
@@ -566,6 +567,12 @@ int cmd_bench(int argc, char **argv) {
     if (cli_model_missing("bench", h.model_path)) goto done;
     if (mg_open_model(h.model_path, &model, &tok, &format) != MG_OK) {
         cli_fail("bench", "cannot load the model");
+        goto done;
+    }
+    /* One reference for the whole run, so the engine of each mode shares
+     * one copy of the weights on the device instead of uploading them. */
+    if (b.backend->weights_acquire(&pinned, model) != MG_OK) {
+        cli_fail("bench", "cannot place the weights on the device");
         goto done;
     }
     if (dataset && mg_dataset_load(dataset, tok, 0, 0, &ds) != MG_OK) {
@@ -638,6 +645,7 @@ done:
     free(long_prompt);
     mg_dataset_free(&ds);
     mg_tokenizer_free(tok);
+    if (pinned) b.backend->weights_release(model);
     mg_model_free(model);
     return rc;
 }

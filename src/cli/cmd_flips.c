@@ -224,6 +224,14 @@ int cmd_flips(int argc, char **argv) {
     mg_tokenizer *tok;
     mg_model_format fmt;
     if (mg_open_model(model_path, &model, &tok, &fmt) != MG_OK) return cli_fail("flips", "cannot load the model");
+    /* One reference for the whole run, so the study and the engine of each
+     * mode share one copy of the weights on the device. */
+    const mg_weights *pinned = NULL;
+    if (backend->weights_acquire(&pinned, model) != MG_OK) {
+        mg_model_free(model);
+        mg_tokenizer_free(tok);
+        return cli_fail("flips", "cannot place the weights on the device");
+    }
     mkdir(out_dir, 0755);
     char date[32];
     time_t now = time(NULL);
@@ -311,6 +319,7 @@ int cmd_flips(int argc, char **argv) {
         mg_dataset_free(&ds[i]);
         if (rc == 0) mg_flip_report_free(&reports[i]);
     }
+    backend->weights_release(model);
     mg_model_free(model);
     mg_tokenizer_free(tok);
     return rc;
