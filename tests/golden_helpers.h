@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "../src/engine/generate.h"
 #include "../src/engine/model_dir.h"
 #include "../src/util/file.h"
 #include "shared_path.h"
@@ -53,6 +54,23 @@ static inline void close_golden(golden_fixture *f) {
     cJSON_Delete(f->golden);
     mg_model_free(f->model);
     mg_tokenizer_free(f->tok);
+}
+
+/* Compares greedy continuations with the reference; returns the number of
+ * leading tokens that agree. A divergence at a step whose reference margin is
+ * below `tie_margin` is reported through *near_tie rather than failing. */
+static inline int greedy_agreement(const cJSON *p, const mg_generate_result *r, double tie_margin, int *near_tie) {
+    const cJSON *gids = cJSON_GetObjectItem(p, "greedy_ids");
+    const cJSON *steps = cJSON_GetObjectItem(p, "greedy_steps");
+    *near_tie = 0;
+    for (int i = 0; i < GOLDEN_NEW; i++) {
+        int ref = (int)cJSON_GetArrayItem(gids, i)->valuedouble;
+        if (r->tokens[i] == ref) continue;
+        double m = cJSON_GetObjectItem(cJSON_GetArrayItem(steps, i), "margin")->valuedouble;
+        *near_tie = m < tie_margin;
+        return i;
+    }
+    return GOLDEN_NEW;
 }
 
 #endif

@@ -18,22 +18,6 @@
 
 MG_CUDA_SKIP_REPORT("test_cuda_model")
 
-/* Leading greedy tokens that agree with the reference; *near_tie tells
- * whether the first divergence is at a reference margin below tie_margin. */
-static int golden_agreement(const cJSON *p, const mg_generate_result *r, double tie_margin, int *near_tie) {
-    const cJSON *gids = cJSON_GetObjectItem(p, "greedy_ids");
-    const cJSON *steps = cJSON_GetObjectItem(p, "greedy_steps");
-    *near_tie = 0;
-    for (int i = 0; i < GOLDEN_NEW; i++) {
-        int ref = (int)cJSON_GetArrayItem(gids, i)->valuedouble;
-        if (r->tokens[i] == ref) continue;
-        double m = cJSON_GetObjectItem(cJSON_GetArrayItem(steps, i), "margin")->valuedouble;
-        *near_tie = m < tie_margin;
-        return i;
-    }
-    return GOLDEN_NEW;
-}
-
 /* FP32 activations on the GPU: the last-position top-20 logits match HF's
  * float32 forward within 1e-3 relative, and the argmax agrees. */
 Test(cuda_model, fp32_top20_logits) {
@@ -77,7 +61,7 @@ Test(cuda_model, fp32_greedy_64) {
         int n;
         int32_t *ids = json_ids(cJSON_GetObjectItem(p, "prompt_ids"), &n);
         mg_generate_result r = run_greedy_on(g, f.model, ids, n, GOLDEN_NEW, MG_KERNELS_FAST, MG_ACT_FP32);
-        int near_tie, a = golden_agreement(p, &r, 1e-3, &near_tie);
+        int near_tie, a = greedy_agreement(p, &r, 1e-3, &near_tie);
         const char *src = cJSON_GetObjectItem(p, "source")->valuestring;
         int index = cJSON_GetObjectItem(p, "index")->valueint;
         if (a < GOLDEN_NEW && near_tie)
@@ -108,7 +92,7 @@ Test(cuda_model, bf16_agreement_report) {
             mg_generate_result c =
                 run_greedy_on(mg_backend_cpu(), f.model, ids, n, GOLDEN_NEW, (mg_kernels)kern, MG_ACT_BF16);
             int near_tie;
-            agree_hf[kern] += golden_agreement(p, &r, 0, &near_tie);
+            agree_hf[kern] += greedy_agreement(p, &r, 0, &near_tie);
             int a = 0;
             while (a < GOLDEN_NEW && r.tokens[a] == c.tokens[a]) a++;
             agree_cpu[kern] += a;

@@ -44,23 +44,6 @@ Test(golden_mg_llama, fp32_top20_logits) {
     close_golden(&f);
 }
 
-/* Compares greedy continuations with the reference; returns the number of
- * leading tokens that agree. A divergence at a step whose reference margin is
- * below `tie_margin` is reported through *near_tie rather than failing. */
-static int greedy_agreement(const cJSON *p, const mg_generate_result *r, double tie_margin, int *near_tie) {
-    const cJSON *gids = cJSON_GetObjectItem(p, "greedy_ids");
-    const cJSON *steps = cJSON_GetObjectItem(p, "greedy_steps");
-    *near_tie = 0;
-    for (int i = 0; i < GOLDEN_NEW; i++) {
-        int ref = (int)cJSON_GetArrayItem(gids, i)->valuedouble;
-        if (r->tokens[i] == ref) continue;
-        double m = cJSON_GetObjectItem(cJSON_GetArrayItem(steps, i), "margin")->valuedouble;
-        *near_tie = m < tie_margin;
-        return i;
-    }
-    return GOLDEN_NEW;
-}
-
 /* FP32 activations: the 64-token greedy continuation equals HF's. */
 Test(golden_mg_llama, fp32_greedy_64) {
     golden_fixture f = open_golden();
