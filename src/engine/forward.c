@@ -157,7 +157,6 @@ typedef struct {
     mg_kernels kernels;
     mg_act_precision precision;
     int all_want; /* every row wants logits */
-    int m;        /* rows that want logits */
     int argmax;   /* compute the argmax rows too */
 } pass_ctx;
 
@@ -243,7 +242,7 @@ mg_status mg_forward_run_ex(mg_forward *fw, mg_kv_pool *pool, const mg_batch *b,
     TRY(ops->rows_prepare(&rows));
     if (m > 0) TRY(reserve_logits(fw, m));
     pass_ctx pc = {.fw = fw, .pool = pool, .b = b, .rows = &rows, .kernels = kernels, .precision = precision,
-                   .all_want = m == n, .m = m, .argmax = out->argmax != NULL};
+                   .all_want = m == n, .argmax = out->argmax != NULL};
     /* Decode-shaped passes (every row wants logits) go through the
      * backend's graph cache when it has one: same shapes, same buffers. */
     if (ops->graph_run && pc.all_want) {
