@@ -11,7 +11,7 @@ CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter $(OPT) -g 
 LDLIBS  += -lcjson -lpcre2-8 -lz -lmicrohttpd -lpthread -lm -fopenmp $(SANFLAGS)
 
 LIB_SRC := $(sort $(wildcard src/util/*.c src/model/*.c src/tokenizer/*.c src/backend/*.c \
-                             src/backend/cpu/*.c src/engine/*.c src/determinism/*.c src/sched/*.c \
+                             src/backend/cpu/*.c src/backend/tp/*.c src/engine/*.c src/determinism/*.c src/sched/*.c \
                              src/study/*.c src/server/*.c))
 CLI_SRC := $(sort $(wildcard src/cli/*.c))
 TEST_SRC := $(sort $(wildcard tests/test_*.c))

@@ -3,10 +3,21 @@
 #include <string.h>
 
 #include "backend.h"
+#include "tp/tp.h"
 
 #ifndef MG_HAVE_CUDA
 const mg_backend_ops *mg_backend_cuda(void) {
     mg_error_set(MG_ERR_UNSUPPORTED, "this build of margingate has no CUDA backend (nvcc was not found, or CUDA=0)");
+    return NULL;
+}
+
+const mg_backend_ops *mg_backend_cuda_on(int device) {
+    (void)device;
+    return mg_backend_cuda();
+}
+
+const mg_tp_comm_ops *mg_tp_comm_nccl(void) {
+    mg_error_set(MG_ERR_UNSUPPORTED, "this build of margingate has no CUDA backend, hence no NCCL");
     return NULL;
 }
 #endif

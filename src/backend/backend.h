@@ -167,9 +167,36 @@ typedef struct mg_backend_ops {
      * `key` (key_bytes, compared bytewise) must identify everything the
      * launches of issue depend on other than device data (shapes, buffer
      * addresses, modes); the backend itself drops graphs whose own buffers
-     * (rows metadata, scratch) have moved. */
+     * (rows metadata, scratch) have moved. key NULL: run issue directly
+     * (a tensor-parallel backend runs it on every rank either way). */
     mg_status (*graph_run)(const void *key, size_t key_bytes, mg_status (*issue)(void *ctx), void *ctx);
+
+    /* ---- tensor parallelism (src/backend/tp/) ------------------------------ */
+
+    /* FP32 partial products of matmul over consecutive groups of
+     * MG_MATMUL_GROUP input columns (the last group may be shorter):
+     * out[g, i, r] = sum over c in group g of in[i, c] * w[r, c]. On CUDA
+     * (BF16 numerics only) these are exactly the group results of the
+     * invariant matmul, so fold over all groups gives its output bit for
+     * bit; the CPU sums each group sequentially. NULL where unsupported. */
+    mg_status (*matmul_groups)(float *out /* (n_groups, n, w->rows) */, const void *in /* (n, w->cols) */,
+                               const mg_matrix *w, int n, int round_bf16);
+    /* out[i] = ((+0 + parts[0, i]) + parts[1, i]) + ..., FP32 adds in part
+     * order, stored as an activation (rounded when round_bf16). */
+    mg_status (*fold)(void *out /* (count) */, const float *parts /* (n_parts, count) */, int n_parts, size_t count,
+                      int round_bf16);
+    /* `rows` rows of `width` bytes from src (row pitch spitch) to dst (row
+     * pitch dpitch), backend to backend. */
+    mg_status (*copy2d)(void *dst, size_t dpitch, const void *src, size_t spitch, size_t width, size_t rows);
+    /* Memory for a KV pool's K or V (NULL: alloc). A tensor-parallel backend
+     * splits it by KV head over its ranks; mg_kv_pool_init_on uses it. */
+    mg_status (*alloc_kv)(void **out, size_t bytes);
+    /* Ranks a forward pass is split over (1 for a single device). */
+    int tp_ranks;
 } mg_backend_ops;
+
+/* Input columns per group of matmul_groups (the invariant matmul's group). */
+#define MG_MATMUL_GROUP 1024
 
 /* The CPU reference backend (OpenMP across output rows). */
 const mg_backend_ops *mg_backend_cpu(void);
@@ -178,6 +205,12 @@ const mg_backend_ops *mg_backend_cpu(void);
  * the reason in mg_error_last() when the program was built without CUDA or
  * no usable device is present. */
 const mg_backend_ops *mg_backend_cuda(void);
+
+/* The same op table on CUDA device `device` for the calling thread: every
+ * later op of this thread runs on that device (its own stream, scratch,
+ * weights and graphs). Threads that never call it use device 0. NULL with
+ * the reason when the device is absent or unusable. */
+const mg_backend_ops *mg_backend_cuda_on(int device);
 
 /* "cpu" -> mg_backend_cpu(), "cuda" -> mg_backend_cuda(); "auto" (or NULL)
  * picks CUDA when it is available, else the CPU. NULL with a message for an

@@ -40,8 +40,10 @@ float cli_default_tau(const char *model_path, float fallback);
  * after printing "margingate <cmd>: invalid value 'X' for --device
  * (expected cpu, cuda or auto)" on stderr; 1 after printing why the device
  * cannot be used (e.g. --device cuda without a GPU, or in a build without
- * CUDA). Initialises the CUDA backend when it picks or tries it. */
-int cli_backend(const char *cmd, const char *device, const mg_backend_ops **out);
+ * CUDA). Initialises the CUDA backend when it picks or tries it.
+ * tensor_parallel > 1 splits the model over that many ranks of the device
+ * (mg_backend_select). */
+int cli_backend(const char *cmd, const char *device, int tensor_parallel, const mg_backend_ops **out);
 
 /* Parses a whole string as an int / float / uint64; returns 0 on success. */
 int cli_parse_int(const char *s, int *out);

@@ -4,6 +4,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "../backend/tp/tp.h"
 #include "../study/calibration.h"
 #include "../util/status.h"
 #include "cli.h"
@@ -31,16 +32,17 @@ int cli_model_missing(const char *cmd, const char *path) {
     return 1;
 }
 
-int cli_backend(const char *cmd, const char *device, const mg_backend_ops **out) {
+int cli_backend(const char *cmd, const char *device, int tensor_parallel, const mg_backend_ops **out) {
     *out = NULL;
     if (!device) device = "auto";
     if (strcmp(device, "cpu") && strcmp(device, "cuda") && strcmp(device, "auto")) {
         fprintf(stderr, "margingate %s: invalid value '%s' for --device (expected cpu, cuda or auto)\n", cmd, device);
         return 2;
     }
-    const mg_backend_ops *b = mg_backend_by_name(device);
+    const mg_backend_ops *b = mg_backend_select(device, tensor_parallel);
     if (!b) {
-        fprintf(stderr, "margingate %s: cannot compute on --device %s: %s\n", cmd, device, mg_error_last());
+        fprintf(stderr, "margingate %s: cannot compute on --device %s (tensor parallel %d): %s\n", cmd, device,
+                tensor_parallel, mg_error_last());
         return 1;
     }
     *out = b;

@@ -58,6 +58,8 @@ static void usage(FILE *f) {
             "                       non-special ids (the same on every run)\n"
             "  --device D           cpu, cuda or auto: where to compute (default auto: cuda when\n"
             "                       a GPU is present, else cpu); the table and JSON name it\n"
+            "  --tensor-parallel N  split the model over N GPUs (NCCL; with --device cpu: N\n"
+            "                       CPU ranks, for tests)\n"
             "  --threads N          OpenMP threads\n"
             "  --clock wall|cpu     time the phases by wall clock (default) or by this process's CPU\n"
             "                       time; cpu with --threads 1 stays meaningful on a machine that\n"
@@ -489,7 +491,7 @@ static int write_json(const char *path, const bench_header *h, const bench_ctx *
 
 int cmd_bench(int argc, char **argv) {
     enum { O_MODES = 256, O_BATCH, O_PROMPT_LEN, O_NEW, O_PREFILL_LEN, O_TAU, O_W, O_B, O_THREADS, O_JSON,
-           O_DATASET, O_CLOCK, O_DEVICE };
+           O_DATASET, O_CLOCK, O_DEVICE, O_TP };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},         {"modes", required_argument, 0, O_MODES},
         {"batch", required_argument, 0, O_BATCH},     {"prompt-len", required_argument, 0, O_PROMPT_LEN},
@@ -497,10 +499,11 @@ int cmd_bench(int argc, char **argv) {
         {"tau", required_argument, 0, O_TAU},         {"llm42-window", required_argument, 0, O_W},
         {"llm42-group", required_argument, 0, O_B},   {"threads", required_argument, 0, O_THREADS},
         {"json", required_argument, 0, O_JSON},       {"dataset", required_argument, 0, O_DATASET},
-        {"clock", required_argument, 0, O_CLOCK},     {"device", required_argument, 0, O_DEVICE},
+        {"clock", required_argument, 0, O_CLOCK},     {"device", required_argument, 0, O_DEVICE}, {"tensor-parallel", required_argument, 0, O_TP},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     const char *model_flag = NULL, *json_path = NULL, *dataset = NULL, *device = "auto";
+    int tensor_parallel = 1;
     mode_spec modes[MAX_MODES];
     int n_modes = 0, batches[MAX_BATCHES], n_batches = 0, threads = 0, c;
     parse_modes("off,invariant,llm42,margingate,margingate-always", modes, &n_modes);
@@ -524,6 +527,12 @@ int cmd_bench(int argc, char **argv) {
         case O_JSON: json_path = optarg; break;
         case O_DATASET: dataset = optarg; break;
         case O_DEVICE: device = optarg; break;
+        case O_TP:
+            if (cli_parse_int(optarg, &tensor_parallel) || tensor_parallel < 1) {
+                fprintf(stderr, "margingate bench: --tensor-parallel needs a positive integer (got '%s')\n", optarg);
+                return 2;
+            }
+            break;
         case O_CLOCK:
             if (!strcmp(optarg, "wall")) b.cpu_clock = 0;
             else if (!strcmp(optarg, "cpu")) b.cpu_clock = 1;
@@ -542,7 +551,7 @@ int cmd_bench(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
-    int dev_rc = cli_backend("bench", device, &b.backend);
+    int dev_rc = cli_backend("bench", device, tensor_parallel, &b.backend);
     if (dev_rc) return dev_rc;
     if (threads) omp_set_dynamic(0), omp_set_num_threads(threads); /* exactly what was asked */
 

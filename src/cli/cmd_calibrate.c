@@ -21,6 +21,8 @@ static void usage(FILE *f) {
             "  --dry-run       print tau without writing the settings file\n"
             "  --device D      cpu, cuda or auto: where to compute (default auto: cuda when a\n"
             "                  GPU is present, else cpu)\n"
+            "  --tensor-parallel N  split the model over N GPUs (NCCL; with --device cpu: N\n"
+            "                       CPU ranks, for tests)\n"
             "  --threads N     OpenMP threads\n"
             "tau = %.1f x the largest batched margin at an observed flip, at least %.3g; it is written to\n"
             "$MARGINGATE_CONFIG or ~/.config/margingate/calibration.json, keyed by the model's path.\n",
@@ -28,15 +30,16 @@ static void usage(FILE *f) {
 }
 
 int cmd_calibrate(int argc, char **argv) {
-    enum { O_DATASET = 256, O_BATCH, O_NEW, O_LIMIT, O_MAXP, O_DRY, O_THREADS, O_DEVICE };
+    enum { O_DATASET = 256, O_BATCH, O_NEW, O_LIMIT, O_MAXP, O_DRY, O_THREADS, O_DEVICE, O_TP };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},     {"dataset", required_argument, 0, O_DATASET},
         {"batch", required_argument, 0, O_BATCH}, {"max-new", required_argument, 0, O_NEW},
         {"limit", required_argument, 0, O_LIMIT}, {"max-prompt", required_argument, 0, O_MAXP},
         {"dry-run", no_argument, 0, O_DRY},       {"threads", required_argument, 0, O_THREADS},
-        {"device", required_argument, 0, O_DEVICE},
+        {"device", required_argument, 0, O_DEVICE}, {"tensor-parallel", required_argument, 0, O_TP},
         {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
     const char *model_flag = NULL, *dataset = "math500", *device = "auto";
+    int tensor_parallel = 1;
     mg_flip_opts fo = {.batch = 32, .max_new = 128, .n_probes = 64, .precision = MG_ACT_BF16};
     int max_prompt = 256, dry = 0, threads = 0, c;
     optind = 1;
@@ -52,6 +55,12 @@ int cmd_calibrate(int argc, char **argv) {
         case O_DRY: dry = 1; break;
         case O_THREADS: bad = cli_parse_int(optarg, &threads) || threads < 1; break;
         case O_DEVICE: device = optarg; break;
+        case O_TP:
+            if (cli_parse_int(optarg, &tensor_parallel) || tensor_parallel < 1) {
+                fprintf(stderr, "margingate calibrate: --tensor-parallel needs a positive integer (got '%s')\n", optarg);
+                return 2;
+            }
+            break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -65,7 +74,7 @@ int cmd_calibrate(int argc, char **argv) {
         return 2;
     }
     const mg_backend_ops *backend;
-    int dev_rc = cli_backend("calibrate", device, &backend);
+    int dev_rc = cli_backend("calibrate", device, tensor_parallel, &backend);
     if (dev_rc) return dev_rc;
     if (threads) omp_set_dynamic(0), omp_set_num_threads(threads); /* exactly what was asked */
     const char *model_path = cli_model_path(model_flag);

@@ -32,6 +32,8 @@ static void usage(FILE *f) {
             "  --fp32          FP32 activations (default BF16)\n"
             "  --device D      cpu, cuda or auto: where to compute (default auto: cuda when a\n"
             "                  GPU is present, else cpu)\n"
+            "  --tensor-parallel N  split the model over N GPUs (NCCL; with --device cpu: N\n"
+            "                       CPU ranks, for tests)\n"
             "  --threads N     OpenMP threads\n");
 }
 
@@ -168,7 +170,7 @@ static int study_dataset(const char *name, const mg_model *model, const mg_backe
 
 int cmd_flips(int argc, char **argv) {
     enum { O_BATCH = 256, O_NEW, O_LIMIT, O_MAXP, O_OUT, O_MODES, O_TAU, O_W, O_B, O_FP32, O_THREADS, O_DATASET, O_MODES_ONLY,
-           O_DEVICE };
+           O_DEVICE, O_TP };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},   {"dataset", required_argument, 0, O_DATASET},
         {"batch", required_argument, 0, O_BATCH}, {"max-new", required_argument, 0, O_NEW},
@@ -177,9 +179,10 @@ int cmd_flips(int argc, char **argv) {
         {"tau", required_argument, 0, O_TAU},   {"llm42-window", required_argument, 0, O_W},
         {"llm42-group", required_argument, 0, O_B}, {"fp32", no_argument, 0, O_FP32},
         {"threads", required_argument, 0, O_THREADS}, {"modes-only", no_argument, 0, O_MODES_ONLY},
-        {"device", required_argument, 0, O_DEVICE},
+        {"device", required_argument, 0, O_DEVICE}, {"tensor-parallel", required_argument, 0, O_TP},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     const char *model_flag = NULL, *dataset = NULL, *out_dir = "flips-out", *modes = NULL, *device = "auto";
+    int tensor_parallel = 1;
     mg_flip_opts fo = {.batch = 32, .max_new = 128, .n_probes = 24, .precision = MG_ACT_BF16};
     int max_prompt = 256, threads = 0, c, W = 64, Bv = 8, modes_only = 0;
     float tau = NAN;
@@ -202,6 +205,12 @@ int cmd_flips(int argc, char **argv) {
         case O_THREADS: bad = cli_parse_int(optarg, &threads) || threads < 1; break;
         case O_MODES_ONLY: modes_only = 1; break;
         case O_DEVICE: device = optarg; break;
+        case O_TP:
+            if (cli_parse_int(optarg, &tensor_parallel) || tensor_parallel < 1) {
+                fprintf(stderr, "margingate flips: --tensor-parallel needs a positive integer (got '%s')\n", optarg);
+                return 2;
+            }
+            break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -215,7 +224,7 @@ int cmd_flips(int argc, char **argv) {
         return 2;
     }
     const mg_backend_ops *backend;
-    int dev_rc = cli_backend("flips", device, &backend);
+    int dev_rc = cli_backend("flips", device, tensor_parallel, &backend);
     if (dev_rc) return dev_rc;
     if (threads) omp_set_dynamic(0), omp_set_num_threads(threads); /* exactly what was asked */
     const char *model_path = cli_model_path(model_flag);

@@ -32,6 +32,8 @@ static void usage(FILE *f) {
             "  --ignore-eos         do not stop at the model's stop tokens\n"
             "  --device cpu|cuda|auto  where to compute (default auto: cuda when a GPU is\n"
             "                       present, else cpu)\n"
+            "  --tensor-parallel N  split the model over N GPUs (NCCL; with --device cpu: N\n"
+            "                       CPU ranks, for tests)\n"
             "  --dump-logits FILE   write each step's FP32 logits to FILE (raw, steps x vocab)\n"
             "  --threads N          OpenMP threads\n");
 }
@@ -114,7 +116,7 @@ static void dump_logits(void *user, int step, const float *logits, int vocab) {
 
 int cmd_generate(int argc, char **argv) {
     enum { O_TEMP = 256, O_TOPK, O_TOPP, O_SEED, O_CHAT, O_SYSTEM, O_MARGINS, O_JSON, O_FP32, O_KERNELS, O_IGNORE_EOS,
-           O_THREADS, O_DEVICE, O_DUMP_LOGITS };
+           O_THREADS, O_DEVICE, O_TP, O_DUMP_LOGITS };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},     {"prompt", required_argument, 0, 'p'},
         {"file", required_argument, 0, 'f'},      {"max-tokens", required_argument, 0, 'n'},
@@ -124,9 +126,10 @@ int cmd_generate(int argc, char **argv) {
         {"margins", no_argument, 0, O_MARGINS},   {"json", no_argument, 0, O_JSON},
         {"fp32", no_argument, 0, O_FP32},         {"kernels", required_argument, 0, O_KERNELS},
         {"ignore-eos", no_argument, 0, O_IGNORE_EOS}, {"threads", required_argument, 0, O_THREADS},
-        {"device", required_argument, 0, O_DEVICE}, {"dump-logits", required_argument, 0, O_DUMP_LOGITS},
+        {"device", required_argument, 0, O_DEVICE}, {"tensor-parallel", required_argument, 0, O_TP}, {"dump-logits", required_argument, 0, O_DUMP_LOGITS},
         {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
     const char *model_flag = NULL, *prompt_arg = NULL, *prompt_file = NULL, *system = NULL, *device = "auto";
+    int tensor_parallel = 1;
     const char *dump_path = NULL;
     int chat = 0, show_margins = 0, json = 0, fp32 = 0, threads = 0, c;
     unsigned long long seed = 0;
@@ -157,6 +160,12 @@ int cmd_generate(int argc, char **argv) {
         case O_THREADS: bad = cli_parse_int(optarg, &threads) || threads < 1; break;
         case O_DUMP_LOGITS: dump_path = optarg; break;
         case O_DEVICE: device = optarg; break;
+        case O_TP:
+            if (cli_parse_int(optarg, &tensor_parallel) || tensor_parallel < 1) {
+                fprintf(stderr, "margingate generate: --tensor-parallel needs a positive integer (got '%s')\n", optarg);
+                return 2;
+            }
+            break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -171,7 +180,7 @@ int cmd_generate(int argc, char **argv) {
         return 2;
     }
     const mg_backend_ops *backend;
-    int dev_rc = cli_backend("generate", device, &backend);
+    int dev_rc = cli_backend("generate", device, tensor_parallel, &backend);
     if (dev_rc) return dev_rc;
     g.sampling.seed = seed;
     if (mg_sampling_validate(&g.sampling) != MG_OK) return cli_fail("generate", "bad sampling parameters");

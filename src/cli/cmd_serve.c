@@ -30,13 +30,15 @@ static void usage(FILE *f) {
             "                        cancelling them (default 10)\n"
             "  --device D            cpu, cuda or auto: where the engine computes (default auto:\n"
             "                        cuda when a GPU is present, else cpu)\n"
+            "  --tensor-parallel N  split the model over N GPUs (NCCL; with --device cpu: N\n"
+            "                       CPU ranks, for tests)\n"
             "  --threads N           OpenMP threads for the engine\n"
             "  --log-requests        one line per request on stderr\n");
 }
 
 int cmd_serve(int argc, char **argv) {
     enum { O_HOST = 256, O_PORT, O_DET, O_KEY, O_NAME, O_MAXLEN, O_QUEUE, O_RUNNING, O_KV, O_BODY, O_TAU, O_W, O_B,
-           O_FP32, O_DRAIN, O_THREADS, O_LOG, O_DELAY, O_DEVICE };
+           O_FP32, O_DRAIN, O_THREADS, O_LOG, O_DELAY, O_DEVICE, O_TP };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},          {"host", required_argument, 0, O_HOST},
         {"port", required_argument, 0, O_PORT},        {"determinism", required_argument, 0, O_DET},
@@ -47,11 +49,12 @@ int cmd_serve(int argc, char **argv) {
         {"llm42-window", required_argument, 0, O_W},  {"llm42-group", required_argument, 0, O_B},
         {"fp32", no_argument, 0, O_FP32},              {"drain-timeout", required_argument, 0, O_DRAIN},
         {"threads", required_argument, 0, O_THREADS},  {"log-requests", no_argument, 0, O_LOG},
-        {"device", required_argument, 0, O_DEVICE},
+        {"device", required_argument, 0, O_DEVICE}, {"tensor-parallel", required_argument, 0, O_TP},
         {"test-load-delay-ms", required_argument, 0, O_DELAY}, /* testing: /health stays 503 this long */
         {"help", no_argument, 0, 'h'},                 {0, 0, 0, 0}};
     mg_server_config cfg = mg_server_config_default();
     const char *model_flag = NULL, *device = "auto";
+    int tensor_parallel = 1;
     int c, kv_mb = 0, tau_given = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:h", opts, NULL)) != -1) {
@@ -81,6 +84,12 @@ int cmd_serve(int argc, char **argv) {
         case O_THREADS: bad = cli_parse_int(optarg, &cfg.threads) || cfg.threads < 1; break;
         case O_LOG: cfg.log_requests = 1; break;
         case O_DEVICE: device = optarg; break;
+        case O_TP:
+            if (cli_parse_int(optarg, &tensor_parallel) || tensor_parallel < 1) {
+                fprintf(stderr, "margingate serve: --tensor-parallel needs a positive integer (got '%s')\n", optarg);
+                return 2;
+            }
+            break;
         case O_DELAY: bad = cli_parse_int(optarg, &cfg.test_load_delay_ms) || cfg.test_load_delay_ms < 0; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
@@ -95,7 +104,7 @@ int cmd_serve(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
-    int dev_rc = cli_backend("serve", device, &cfg.backend);
+    int dev_rc = cli_backend("serve", device, tensor_parallel, &cfg.backend);
     if (dev_rc) return dev_rc;
     if (kv_mb) cfg.engine.kv_bytes = (size_t)kv_mb << 20;
     if (!cfg.api_key) {

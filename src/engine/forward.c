@@ -258,6 +258,8 @@ mg_status mg_forward_run_ex(mg_forward *fw, mg_kv_pool *pool, const mg_batch *b,
         key.all_want = pc.all_want;
         key.argmax_wanted = pc.argmax;
         TRY(ops->graph_run(&key, sizeof key, issue_pass, &pc));
+    } else if (ops->graph_run) {
+        TRY(ops->graph_run(NULL, 0, issue_pass, &pc)); /* no key: run directly (on every rank) */
     } else {
         TRY(issue_pass(&pc));
     }

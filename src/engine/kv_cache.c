@@ -25,8 +25,9 @@ mg_status mg_kv_pool_init_on(mg_kv_pool *pool, const mg_backend_ops *ops, mg_dty
         return mg_error_set(MG_ERR_UNSUPPORTED, "the %s backend keeps its KV cache in FP32", ops->name);
     size_t bytes = (size_t)n_layers * (size_t)n_blocks * block_elems(pool) * dtype_size(dtype);
     /* Zeroed: padding rows may read unwritten slots. */
-    mg_status st = ops->alloc(&pool->k, bytes);
-    if (st == MG_OK) st = ops->alloc(&pool->v, bytes);
+    mg_status (*alloc)(void **, size_t) = ops->alloc_kv ? ops->alloc_kv : ops->alloc;
+    mg_status st = alloc(&pool->k, bytes);
+    if (st == MG_OK) st = alloc(&pool->v, bytes);
     pool->free_list = malloc((size_t)n_blocks * sizeof(int32_t));
     if (st != MG_OK || !pool->free_list) {
         mg_kv_pool_free(pool);

@@ -1,6 +1,7 @@
 /* The CPU backend's op table: host memory, FP32 activations, and the fused
  * ops as compositions of the reference ops (so they compute exactly what
  * the unfused sequence computes). */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -90,6 +91,44 @@ static mg_status cpu_argmax(mg_argmax *out, const float *logits, int n, int voca
     return MG_OK;
 }
 
+/* The CPU reference of matmul_groups: each group's columns summed in
+ * column order (FP32 accumulation; weights BF16 or F32). */
+static mg_status cpu_matmul_groups(float *out, const void *in, const mg_matrix *w, int n, int round_bf16) {
+    (void)round_bf16;
+    const int K = w->cols, R = w->rows, G = (K + MG_MATMUL_GROUP - 1) / MG_MATMUL_GROUP;
+    const float *x = in;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int i = 0; i < n; i++)
+        for (int r = 0; r < R; r++)
+            for (int g = 0; g < G; g++) {
+                const int c1 = (g + 1) * MG_MATMUL_GROUP < K ? (g + 1) * MG_MATMUL_GROUP : K;
+                float acc = 0.0f;
+                for (int c = g * MG_MATMUL_GROUP; c < c1; c++) {
+                    const size_t at = (size_t)r * K + c;
+                    const float wv = w->dtype == MG_DTYPE_BF16 ? mg_bf16_to_f32(((const uint16_t *)w->data)[at])
+                                                               : ((const float *)w->data)[at];
+                    acc = fmaf(x[(size_t)i * K + c], wv, acc);
+                }
+                out[((size_t)g * n + i) * R + r] = acc;
+            }
+    return MG_OK;
+}
+
+static mg_status cpu_fold(void *out, const float *parts, int n_parts, size_t count, int round_bf16) {
+    float *o = out;
+    for (size_t i = 0; i < count; i++) {
+        float acc = 0.0f;
+        for (int p = 0; p < n_parts; p++) acc += parts[(size_t)p * count + i];
+        o[i] = round_bf16 ? mg_round_bf16(acc) : acc;
+    }
+    return MG_OK;
+}
+
+static mg_status cpu_copy2d(void *dst, size_t dpitch, const void *src, size_t spitch, size_t width, size_t rows) {
+    for (size_t i = 0; i < rows; i++) memcpy((char *)dst + i * dpitch, (const char *)src + i * spitch, width);
+    return MG_OK;
+}
+
 static const mg_backend_ops cpu_ops = {
     .name = "cpu",
     .host_memory = 1,
@@ -117,6 +156,10 @@ static const mg_backend_ops cpu_ops = {
     .add = mg_cpu_add,
     .swiglu = mg_cpu_swiglu,
     .argmax = cpu_argmax,
+    .matmul_groups = cpu_matmul_groups,
+    .fold = cpu_fold,
+    .copy2d = cpu_copy2d,
+    .tp_ranks = 1,
 };
 
 const mg_backend_ops *mg_backend_cpu(void) { return &cpu_ops; }

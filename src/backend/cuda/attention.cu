@@ -283,7 +283,9 @@ template <typename KV> static size_t smem_bytes(int max_vec, int hd, int sub) {
 template <typename T, typename KV, int MAXV>
 static mg_status launch_partial(const void *q, const mg_kv_pool *pool, const mg_cuda_rows *r,
                                 const mg_cuda_attn_work *w, attn_params p, float2 *ms, float *po) {
-    static size_t opted = 48 * 1024;
+    static size_t opted_dev[MG_CUDA_MAX_DEV]; /* bytes this kernel opted into, per device */
+    size_t &opted = opted_dev[mg_cuda_dev];
+    if (opted < 48 * 1024) opted = 48 * 1024;
     /* The whole chunk in one tile when it fits; else the largest multiple
      * of ATTN_TILE keys that does (same bits: tiles only stage loads). */
     p.sub = MG_ATTN_CHUNK;

@@ -5,6 +5,7 @@
  * Everything runs on one non-blocking stream in issue order. Uploads from
  * pageable host memory return once the source has been staged, so the
  * caller may reuse its buffer at once; downloads wait for the stream. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,7 +16,8 @@ extern "C" {
 #include "../../util/bf16.h"
 }
 
-mg_cuda_ctx mg_cuda;
+mg_cuda_ctx mg_cuda_devs[MG_CUDA_MAX_DEV];
+thread_local int mg_cuda_dev;
 
 mg_status mg_cuda_fail(cudaError_t err, const char *what, const char *file, int line) {
     /* Clear a sticky launch error so the next call reports its own. */
@@ -27,12 +29,14 @@ mg_status mg_cuda_fail(cudaError_t err, const char *what, const char *file, int 
 
 /* ---- scratch -------------------------------------------------------------- */
 
-static struct {
+typedef struct {
     void *p;
     size_t bytes;
-} scratch[MG_SCRATCH_COUNT];
+} scratch_buf;
+static scratch_buf scratch_devs[MG_CUDA_MAX_DEV][MG_SCRATCH_COUNT]; /* per device */
 
 mg_status mg_cuda_scratch(int slot, size_t bytes, void **out) {
+    scratch_buf *scratch = scratch_devs[mg_cuda_dev];
     if (bytes > scratch[slot].bytes) {
         MG_CUDA_TRY(cudaStreamSynchronize(mg_cuda.stream));
         if (scratch[slot].p) MG_CUDA_TRY(cudaFree(scratch[slot].p));
@@ -91,6 +95,12 @@ static mg_status cuda_copy(void *dst, const void *src, size_t bytes) {
     return MG_OK;
 }
 
+static mg_status cuda_copy2d(void *dst, size_t dpitch, const void *src, size_t spitch, size_t width, size_t rows) {
+    if (width && rows)
+        MG_CUDA_TRY(cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, rows, cudaMemcpyDeviceToDevice, mg_cuda.stream));
+    return MG_OK;
+}
+
 static mg_status cuda_zero(void *dst, size_t bytes) {
     if (bytes) MG_CUDA_TRY(cudaMemsetAsync(dst, 0, bytes, mg_cuda.stream));
     return MG_OK;
@@ -137,7 +147,7 @@ typedef struct {
 } weights_entry;
 
 #define MAX_MODELS 8
-static weights_entry models[MAX_MODELS];
+static weights_entry models_devs[MG_CUDA_MAX_DEV][MAX_MODELS]; /* per device */
 
 static void entry_free(weights_entry *e) {
     cudaStreamSynchronize(mg_cuda.stream);
@@ -201,7 +211,7 @@ static mg_status upload_model(weights_entry *e, const mg_model *model) {
     if (!e->layers) return mg_error_set(MG_ERR_OOM, "cannot allocate the layer table");
     e->w.layers = e->layers;
     MG_TRY(upload_matrix(e, &w->tok_embed, &e->w.tok_embed));
-    if (w->lm_head.data == w->tok_embed.data)
+    if (w->lm_head.data == w->tok_embed.data && w->lm_head.rows == w->tok_embed.rows)
         e->w.lm_head = e->w.tok_embed; /* tied: one copy */
     else
         MG_TRY(upload_matrix(e, &w->lm_head, &e->w.lm_head));
@@ -227,6 +237,7 @@ static mg_status upload_model(weights_entry *e, const mg_model *model) {
 }
 
 static mg_status cuda_weights_acquire(const mg_weights **out, const mg_model *model) {
+    weights_entry *models = models_devs[mg_cuda_dev];
     *out = NULL;
     for (int i = 0; i < MAX_MODELS; i++)
         if (models[i].model == model) {
@@ -258,21 +269,15 @@ static mg_status cuda_weights_acquire(const mg_weights **out, const mg_model *mo
 }
 
 static void cuda_weights_release(const mg_model *model) {
+    weights_entry *models = models_devs[mg_cuda_dev];
     for (int i = 0; i < MAX_MODELS; i++)
         if (models[i].model == model && --models[i].refs == 0) entry_free(&models[i]);
 }
 
 /* ---- rows ------------------------------------------------------------------ */
 
-static mg_cuda_rows rows_dev;
-/* Pinned staging for the packed metadata, so that the upload is
- * asynchronous (no host wait inside a forward pass); `rows_uploaded` marks
- * when the last upload has read it, before the staging is rewritten. */
-static int32_t *rows_host;
-static size_t rows_host_cap; /* int32 entries */
-static cudaEvent_t rows_uploaded;
-static int32_t *rows_buf;   /* device copy */
-static size_t rows_buf_cap;
+/* Per device (RS: the calling thread's device). */
+typedef struct rows_state rows_state;
 
 /* Fast-path chunk length for a group whose longest row has `len`
  * positions, in a batch of `n_groups` groups: at most MG_ATTN_CHUNK, and
@@ -295,7 +300,21 @@ typedef struct {
     int n_rows, bt_cap, items_cap, parts_cap;
     unsigned scratch_gen;
 } rows_layout;
-static rows_layout rows_cur;
+struct rows_state {
+    mg_cuda_rows rows_dev;
+    /* Pinned staging for the packed metadata, so that the upload is
+     * asynchronous (no host wait inside a forward pass); `rows_uploaded`
+     * marks when the last upload has read it, before the staging is
+     * rewritten. */
+    int32_t *rows_host;
+    size_t rows_host_cap; /* int32 entries */
+    cudaEvent_t rows_uploaded;
+    int32_t *rows_buf; /* device copy */
+    size_t rows_buf_cap;
+    rows_layout rows_cur;
+};
+static rows_state rows_devs[MG_CUDA_MAX_DEV];
+#define RS (rows_devs[mg_cuda_dev])
 
 static int layout_eq(const rows_layout *a, const rows_layout *b) {
     return a->buf == b->buf && a->n_rows == b->n_rows && a->bt_cap == b->bt_cap && a->items_cap == b->items_cap &&
@@ -334,17 +353,17 @@ static mg_status cuda_rows_prepare(mg_attn_rows *rows) {
     for (int i = 0; i < n; i++) items_bound += (size_t)rows->positions[i] / 32 + 1;
     const size_t bt_cap = pow2_at_least(bt_total, 64), items_cap = pow2_at_least(items_bound, 64);
     size_t need = 3 * (size_t)n + bt_cap + 2 * (3 * (size_t)n + 2 * items_cap + 2 * (size_t)n + 1);
-    if (!rows_uploaded) MG_CUDA_TRY(cudaEventCreateWithFlags(&rows_uploaded, cudaEventDisableTiming));
-    MG_CUDA_TRY(cudaEventSynchronize(rows_uploaded)); /* the previous upload has read the staging */
-    if (need > rows_host_cap) {
-        if (rows_host) MG_CUDA_TRY(cudaFreeHost(rows_host));
-        rows_host = NULL;
-        rows_host_cap = 0;
+    if (!RS.rows_uploaded) MG_CUDA_TRY(cudaEventCreateWithFlags(&RS.rows_uploaded, cudaEventDisableTiming));
+    MG_CUDA_TRY(cudaEventSynchronize(RS.rows_uploaded)); /* the previous upload has read the staging */
+    if (need > RS.rows_host_cap) {
+        if (RS.rows_host) MG_CUDA_TRY(cudaFreeHost(RS.rows_host));
+        RS.rows_host = NULL;
+        RS.rows_host_cap = 0;
         size_t cap = need + need / 2 + 1024;
-        MG_CUDA_TRY(cudaMallocHost((void **)&rows_host, cap * sizeof(int32_t)));
-        rows_host_cap = cap;
+        MG_CUDA_TRY(cudaMallocHost((void **)&RS.rows_host, cap * sizeof(int32_t)));
+        RS.rows_host_cap = cap;
     }
-    int32_t *h = rows_host;
+    int32_t *h = RS.rows_host;
     int32_t *tok = h, *pos = h + n, *bt_off = h + 2 * n, *bt = h + 3 * n;
     size_t o = 0;
     for (int i = 0; i < n; i++) {
@@ -406,41 +425,41 @@ static mg_status cuda_rows_prepare(mg_attn_rows *rows) {
         counts[mode][2] = n_parts;
         cur = off[mode][4] + 1;
     }
-    if (cur > rows_buf_cap) {
+    if (cur > RS.rows_buf_cap) {
         MG_CUDA_TRY(cudaStreamSynchronize(mg_cuda.stream));
-        if (rows_buf) MG_CUDA_TRY(cudaFree(rows_buf));
-        rows_buf = NULL;
-        rows_buf_cap = 0;
+        if (RS.rows_buf) MG_CUDA_TRY(cudaFree(RS.rows_buf));
+        RS.rows_buf = NULL;
+        RS.rows_buf_cap = 0;
         size_t cap = cur + cur / 2 + 1024;
-        MG_CUDA_TRY(cudaMalloc((void **)&rows_buf, cap * sizeof(int32_t)));
-        rows_buf_cap = cap;
+        MG_CUDA_TRY(cudaMalloc((void **)&RS.rows_buf, cap * sizeof(int32_t)));
+        RS.rows_buf_cap = cap;
     }
-    MG_CUDA_TRY(cudaMemcpyAsync(rows_buf, h, cur * sizeof(int32_t), cudaMemcpyHostToDevice, mg_cuda.stream));
-    MG_CUDA_TRY(cudaEventRecord(rows_uploaded, mg_cuda.stream));
-    rows_dev.n_rows = n;
-    rows_dev.max_pos = max_pos;
-    rows_dev.parts_cap = (int)items_cap; /* n_parts <= items_bound in both modes */
-    rows_dev.tokens = rows_buf;
-    rows_dev.positions = rows_buf + n;
-    rows_dev.bt_off = rows_buf + 2 * n;
-    rows_dev.bt = rows_buf + 3 * n;
+    MG_CUDA_TRY(cudaMemcpyAsync(RS.rows_buf, h, cur * sizeof(int32_t), cudaMemcpyHostToDevice, mg_cuda.stream));
+    MG_CUDA_TRY(cudaEventRecord(RS.rows_uploaded, mg_cuda.stream));
+    RS.rows_dev.n_rows = n;
+    RS.rows_dev.max_pos = max_pos;
+    RS.rows_dev.parts_cap = (int)items_cap; /* n_parts <= items_bound in both modes */
+    RS.rows_dev.tokens = RS.rows_buf;
+    RS.rows_dev.positions = RS.rows_buf + n;
+    RS.rows_dev.bt_off = RS.rows_buf + 2 * n;
+    RS.rows_dev.bt = RS.rows_buf + 3 * n;
     /* Blocks along the items: enough for a few waves, never more than the
      * capacity (so the grid depends on the layout only). */
     const int items_grid = (int)(items_cap < (size_t)mg_cuda.n_sm * 16 ? items_cap : (size_t)mg_cuda.n_sm * 16);
     for (int mode = 0; mode < 2; mode++) {
-        mg_cuda_attn_work *w = &rows_dev.work[mode];
+        mg_cuda_attn_work *w = &RS.rows_dev.work[mode];
         w->n_groups = counts[mode][0];
         w->n_items = counts[mode][1];
         w->n_parts = counts[mode][2];
         w->items_grid = items_grid;
-        w->groups = rows_buf + off[mode][0];
-        w->items = rows_buf + off[mode][1];
-        w->n_chunks = rows_buf + off[mode][2];
-        w->part_base = rows_buf + off[mode][3];
-        w->n_items_dev = rows_buf + off[mode][4];
+        w->groups = RS.rows_buf + off[mode][0];
+        w->items = RS.rows_buf + off[mode][1];
+        w->n_chunks = RS.rows_buf + off[mode][2];
+        w->part_base = RS.rows_buf + off[mode][3];
+        w->n_items_dev = RS.rows_buf + off[mode][4];
     }
-    rows_cur = (rows_layout){rows_buf, n, (int)bt_cap, (int)items_cap, (int)items_cap, 0};
-    rows->dev = &rows_dev;
+    RS.rows_cur = (rows_layout){RS.rows_buf, n, (int)bt_cap, (int)items_cap, (int)items_cap, 0};
+    rows->dev = &RS.rows_dev;
     return MG_OK;
 }
 
@@ -458,8 +477,12 @@ typedef struct {
     int warm; /* ran directly once with this layout: the next call captures */
 } graph_slot;
 
-static graph_slot graphs[GRAPH_SLOTS];
-static unsigned long long graph_clock;
+typedef struct {
+    graph_slot graphs[GRAPH_SLOTS];
+    unsigned long long graph_clock;
+} graph_state;
+static graph_state graph_devs[MG_CUDA_MAX_DEV]; /* per device */
+#define GS (graph_devs[mg_cuda_dev])
 
 static void slot_reset(graph_slot *g) {
     if (g->exec) cudaGraphExecDestroy(g->exec);
@@ -467,13 +490,13 @@ static void slot_reset(graph_slot *g) {
 }
 
 static mg_status cuda_graph_run(const void *key, size_t key_bytes, mg_status (*issue)(void *ctx), void *ctx) {
-    if (!mg_cuda.graphs || key_bytes > GRAPH_KEY_MAX) return issue(ctx);
-    rows_layout now = rows_cur;
+    if (!key || !mg_cuda.graphs || key_bytes > GRAPH_KEY_MAX) return issue(ctx);
+    rows_layout now = RS.rows_cur;
     now.scratch_gen = mg_cuda.scratch_gen;
-    graph_slot *g = NULL, *lru = &graphs[0];
+    graph_slot *g = NULL, *lru = &GS.graphs[0];
     for (int i = 0; i < GRAPH_SLOTS && !g; i++) {
-        if (graphs[i].key_bytes == key_bytes && !memcmp(graphs[i].key, key, key_bytes)) g = &graphs[i];
-        else if (graphs[i].last_use < lru->last_use) lru = &graphs[i];
+        if (GS.graphs[i].key_bytes == key_bytes && !memcmp(GS.graphs[i].key, key, key_bytes)) g = &GS.graphs[i];
+        else if (GS.graphs[i].last_use < lru->last_use) lru = &GS.graphs[i];
     }
     if (!g) {
         g = lru;
@@ -481,7 +504,7 @@ static mg_status cuda_graph_run(const void *key, size_t key_bytes, mg_status (*i
         memcpy(g->key, key, key_bytes);
         g->key_bytes = key_bytes;
     }
-    g->last_use = ++graph_clock;
+    g->last_use = ++GS.graph_clock;
     const int same_layout = layout_eq(&g->layout, &now);
     if (g->exec && same_layout) {
         MG_CUDA_TRY(cudaGraphLaunch(g->exec, mg_cuda.stream));
@@ -492,7 +515,7 @@ static mg_status cuda_graph_run(const void *key, size_t key_bytes, mg_status (*i
         if (g->exec) cudaGraphExecDestroy(g->exec);
         g->exec = NULL;
         mg_status st = issue(ctx);
-        g->layout = rows_cur;
+        g->layout = RS.rows_cur;
         g->layout.scratch_gen = mg_cuda.scratch_gen;
         g->warm = st == MG_OK;
         return st;
@@ -514,7 +537,7 @@ static mg_status cuda_graph_run(const void *key, size_t key_bytes, mg_status (*i
         g->exec = NULL;
         g->warm = 0;
         st = issue(ctx);
-        g->layout = rows_cur;
+        g->layout = RS.rows_cur;
         g->layout.scratch_gen = mg_cuda.scratch_gen;
         return st;
     }
@@ -552,6 +575,11 @@ static const mg_backend_ops cuda_ops = {
     /* .swiglu = */ mg_cuda_swiglu,
     /* .argmax = */ mg_cuda_argmax,
     /* .graph_run = */ cuda_graph_run,
+    /* .matmul_groups = */ mg_cuda_matmul_groups,
+    /* .fold = */ mg_cuda_fold,
+    /* .copy2d = */ cuda_copy2d,
+    /* .alloc_kv = */ NULL,
+    /* .tp_ranks = */ 1,
 };
 
 static int env_int(const char *name, int def) {
@@ -559,7 +587,8 @@ static int env_int(const char *name, int def) {
     return s && *s ? atoi(s) : def;
 }
 
-static mg_status cuda_init(void) {
+/* Initialises device `dev` for the calling thread (mg_cuda_dev = dev). */
+static mg_status cuda_init(int dev) {
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess || count == 0) {
@@ -567,13 +596,15 @@ static mg_status cuda_init(void) {
         return mg_error_set(MG_ERR_UNSUPPORTED, "no CUDA device (%s)",
                             e != cudaSuccess ? cudaGetErrorString(e) : "none found");
     }
+    if (dev >= count || dev >= MG_CUDA_MAX_DEV)
+        return mg_error_set(MG_ERR_UNSUPPORTED, "CUDA device %d requested, %d present", dev, count);
     cudaDeviceProp prop;
-    MG_CUDA_TRY(cudaSetDevice(0));
-    MG_CUDA_TRY(cudaGetDeviceProperties(&prop, 0));
+    MG_CUDA_TRY(cudaSetDevice(dev));
+    MG_CUDA_TRY(cudaGetDeviceProperties(&prop, dev));
     if (prop.major < 8)
         return mg_error_set(MG_ERR_UNSUPPORTED, "%s has compute capability %d.%d; the CUDA backend needs 8.0+",
                             prop.name, prop.major, prop.minor);
-    mg_cuda.device = 0;
+    mg_cuda.device = dev;
     mg_cuda.n_sm = prop.multiProcessorCount;
     mg_cuda.smem_optin = prop.sharedMemPerBlockOptin;
     MG_CUDA_TRY(cudaStreamCreateWithFlags(&mg_cuda.stream, cudaStreamNonBlocking));
@@ -589,18 +620,40 @@ static mg_status cuda_init(void) {
     return MG_OK;
 }
 
-extern "C" const mg_backend_ops *mg_backend_cuda(void) {
-    static int tried = 0;
-    static mg_status init_status = MG_OK;
-    static char init_error[512];
-    if (!tried) {
-        tried = 1;
-        init_status = cuda_init();
-        if (init_status != MG_OK) snprintf(init_error, sizeof init_error, "%s", mg_error_last());
+/* Per device: initialised once, by the first thread that selects it. */
+static struct {
+    int tried;
+    mg_status status;
+    char error[512];
+} init_devs[MG_CUDA_MAX_DEV];
+static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
+
+extern "C" const mg_backend_ops *mg_backend_cuda_on(int device) {
+    if (device < 0 || device >= MG_CUDA_MAX_DEV) {
+        mg_error_set(MG_ERR_ARG, "CUDA device %d outside 0..%d", device, MG_CUDA_MAX_DEV - 1);
+        return NULL;
     }
-    if (init_status != MG_OK) {
-        mg_error_set(init_status, "%s", init_error);
+    pthread_mutex_lock(&init_lock);
+    mg_cuda_dev = device;
+    if (!init_devs[device].tried) {
+        init_devs[device].tried = 1;
+        init_devs[device].status = cuda_init(device);
+        if (init_devs[device].status != MG_OK)
+            snprintf(init_devs[device].error, sizeof init_devs[device].error, "%s", mg_error_last());
+    }
+    const mg_status st = init_devs[device].status;
+    pthread_mutex_unlock(&init_lock);
+    if (st != MG_OK) {
+        mg_error_set(st, "%s", init_devs[device].error);
+        return NULL;
+    }
+    /* The CUDA runtime's current device is per thread too. */
+    if (cudaSetDevice(device) != cudaSuccess) {
+        (void)cudaGetLastError();
+        mg_error_set(MG_ERR_BACKEND, "cannot select CUDA device %d", device);
         return NULL;
     }
     return &cuda_ops;
 }
+
+extern "C" const mg_backend_ops *mg_backend_cuda(void) { return mg_backend_cuda_on(0); }

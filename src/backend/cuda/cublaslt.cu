@@ -23,10 +23,15 @@ typedef struct {
     cublasLtMatmulAlgo_t algo;
 } lt_plan;
 
-static cublasLtHandle_t lt;
-static void *workspace;
-static lt_plan plans[LT_MAX_PLANS];
-static int n_plans;
+/* Per device (mg_cuda_dev): handle, workspace and plan cache. */
+typedef struct {
+    cublasLtHandle_t lt;
+    void *workspace;
+    lt_plan plans[LT_MAX_PLANS];
+    int n_plans;
+} lt_state;
+static lt_state lt_devs[MG_CUDA_MAX_DEV];
+#define LT (lt_devs[mg_cuda_dev])
 
 static mg_status lt_fail(cublasStatus_t s, const char *what, int line) {
     return mg_error_set(MG_ERR_BACKEND, "cuBLASLt error %d (%s) in %s at %s:%d", (int)s, cublasGetStatusString(s),
@@ -40,24 +45,24 @@ static mg_status lt_fail(cublasStatus_t s, const char *what, int line) {
     } while (0)
 
 static mg_status lt_init(void) {
-    if (lt) return MG_OK;
-    LT_TRY(cublasLtCreate(&lt));
-    MG_CUDA_TRY(cudaMalloc(&workspace, LT_WORKSPACE));
+    if (LT.lt) return MG_OK;
+    LT_TRY(cublasLtCreate(&LT.lt));
+    MG_CUDA_TRY(cudaMalloc(&LT.workspace, LT_WORKSPACE));
     return MG_OK;
 }
 
 void mg_cuda_lt_shutdown(void) {
-    for (int i = 0; i < n_plans; i++) {
-        cublasLtMatmulDescDestroy(plans[i].desc);
-        cublasLtMatrixLayoutDestroy(plans[i].a);
-        cublasLtMatrixLayoutDestroy(plans[i].b);
-        cublasLtMatrixLayoutDestroy(plans[i].d);
+    for (int i = 0; i < LT.n_plans; i++) {
+        cublasLtMatmulDescDestroy(LT.plans[i].desc);
+        cublasLtMatrixLayoutDestroy(LT.plans[i].a);
+        cublasLtMatrixLayoutDestroy(LT.plans[i].b);
+        cublasLtMatrixLayoutDestroy(LT.plans[i].d);
     }
-    n_plans = 0;
-    if (workspace) cudaFree(workspace);
-    if (lt) cublasLtDestroy(lt);
-    workspace = NULL;
-    lt = NULL;
+    LT.n_plans = 0;
+    if (LT.workspace) cudaFree(LT.workspace);
+    if (LT.lt) cublasLtDestroy(LT.lt);
+    LT.workspace = NULL;
+    LT.lt = NULL;
 }
 
 static mg_status make_plan(lt_plan *p, int M, int N, int K, int out_f32) {
@@ -77,7 +82,7 @@ static mg_status make_plan(lt_plan *p, int M, int N, int K, int out_f32) {
     cublasLtMatmulHeuristicResult_t result;
     int found = 0;
     if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatmulAlgoGetHeuristic(lt, p->desc, p->a, p->b, p->d, p->d, pref, 1, &result, &found);
+        s = cublasLtMatmulAlgoGetHeuristic(LT.lt, p->desc, p->a, p->b, p->d, p->d, pref, 1, &result, &found);
     cublasLtMatmulPreferenceDestroy(pref);
     if (s != CUBLAS_STATUS_SUCCESS) return lt_fail(s, "cublasLtMatmulAlgoGetHeuristic", __LINE__);
     if (found < 1)
@@ -89,24 +94,24 @@ static mg_status make_plan(lt_plan *p, int M, int N, int K, int out_f32) {
 mg_status mg_cuda_lt_gemm(void *out, int out_f32, const void *x, const void *w, int M, int N, int K) {
     MG_TRY(lt_init());
     lt_plan *p = NULL;
-    for (int i = 0; i < n_plans && !p; i++)
-        if (plans[i].M == M && plans[i].N == N && plans[i].K == K && plans[i].out_f32 == out_f32) p = &plans[i];
+    for (int i = 0; i < LT.n_plans && !p; i++)
+        if (LT.plans[i].M == M && LT.plans[i].N == N && LT.plans[i].K == K && LT.plans[i].out_f32 == out_f32) p = &LT.plans[i];
     if (!p) {
-        if (n_plans == LT_MAX_PLANS) { /* forget the oldest half; rare */
+        if (LT.n_plans == LT_MAX_PLANS) { /* forget the oldest half; rare */
             for (int i = 0; i < LT_MAX_PLANS / 2; i++) {
-                cublasLtMatmulDescDestroy(plans[i].desc);
-                cublasLtMatrixLayoutDestroy(plans[i].a);
-                cublasLtMatrixLayoutDestroy(plans[i].b);
-                cublasLtMatrixLayoutDestroy(plans[i].d);
+                cublasLtMatmulDescDestroy(LT.plans[i].desc);
+                cublasLtMatrixLayoutDestroy(LT.plans[i].a);
+                cublasLtMatrixLayoutDestroy(LT.plans[i].b);
+                cublasLtMatrixLayoutDestroy(LT.plans[i].d);
             }
-            for (int i = LT_MAX_PLANS / 2; i < LT_MAX_PLANS; i++) plans[i - LT_MAX_PLANS / 2] = plans[i];
-            n_plans = LT_MAX_PLANS / 2;
+            for (int i = LT_MAX_PLANS / 2; i < LT_MAX_PLANS; i++) LT.plans[i - LT_MAX_PLANS / 2] = LT.plans[i];
+            LT.n_plans = LT_MAX_PLANS / 2;
         }
-        MG_TRY(make_plan(&plans[n_plans], M, N, K, out_f32));
-        p = &plans[n_plans++];
+        MG_TRY(make_plan(&LT.plans[LT.n_plans], M, N, K, out_f32));
+        p = &LT.plans[LT.n_plans++];
     }
     const float alpha = 1.0f, beta = 0.0f;
-    LT_TRY(cublasLtMatmul(lt, p->desc, &alpha, w, p->a, x, p->b, &beta, out, p->d, out, p->d, &p->algo, workspace,
+    LT_TRY(cublasLtMatmul(LT.lt, p->desc, &alpha, w, p->a, x, p->b, &beta, out, p->d, out, p->d, &p->algo, LT.workspace,
                           LT_WORKSPACE, mg_cuda.stream));
     return MG_OK;
 }

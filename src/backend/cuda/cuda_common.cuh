@@ -46,7 +46,11 @@ mg_status mg_cuda_fail(cudaError_t err, const char *what, const char *file, int 
         if (mg_s_ != MG_OK) return mg_s_;                                                                    \
     } while (0)
 
-/* The backend context (one per process, device 0). */
+/* The backend context, one per device. A thread works on device
+ * mg_cuda_dev (0 unless it called mg_backend_cuda_on: tensor-parallel rank
+ * threads do), and `mg_cuda` names that device's context; every other piece
+ * of per-device state (scratch, weights, rows, graphs, cuBLASLt plans, tile
+ * counters, kernel attributes) is indexed the same way. */
 typedef struct {
     int ready;
     int device;
@@ -61,7 +65,10 @@ typedef struct {
     unsigned scratch_gen; /* bumped whenever a scratch buffer moves (graphs recorded its address) */
 } mg_cuda_ctx;
 
-extern mg_cuda_ctx mg_cuda;
+#define MG_CUDA_MAX_DEV 8
+extern mg_cuda_ctx mg_cuda_devs[MG_CUDA_MAX_DEV];
+extern thread_local int mg_cuda_dev;
+#define mg_cuda (mg_cuda_devs[mg_cuda_dev])
 
 /* Growable device scratch, one per purpose; the pointer stays valid until
  * the next call with the same slot. Waits for pending work before growing. */
@@ -132,6 +139,8 @@ mg_status mg_cuda_rope_kv_store(void *q, void *k, const void *v, mg_kv_pool *poo
 mg_status mg_cuda_attention(void *out, const void *q, const mg_kv_pool *pool, int layer, const mg_attn_rows *rows,
                             int n_heads, mg_kernels kernels, int round_bf16);
 mg_status mg_cuda_argmax(mg_argmax *out, const float *logits, int n, int vocab);
+mg_status mg_cuda_matmul_groups(float *out, const void *in, const mg_matrix *w, int n, int round_bf16);
+mg_status mg_cuda_fold(void *out, const float *parts, int n_parts, size_t count, int round_bf16);
 
 /* Internal pieces of the matmul family. */
 struct mg_cuda_mm_part {

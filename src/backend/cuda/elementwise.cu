@@ -156,3 +156,23 @@ mg_status mg_cuda_swiglu(void *out, const void *gate, const void *up, size_t n, 
     MG_CUDA_LAUNCHED("swiglu");
     return MG_OK;
 }
+
+/* out[i] = ((+0 + parts[0][i]) + parts[1][i]) + ..., FP32 adds in part
+ * order, then the store (rounded to BF16 for BF16 activations). */
+template <typename T> __global__ void fold_kernel(T *out, const float *parts, int n_parts, size_t count) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x) {
+        float acc = 0.0f;
+        for (int p = 0; p < n_parts; p++) acc += __ldcg(parts + (size_t)p * count + i);
+        out[i] = from_f<T>(acc);
+    }
+}
+
+mg_status mg_cuda_fold(void *out, const float *parts, int n_parts, size_t count, int round_bf16) {
+    if (count == 0) return MG_OK;
+    if (round_bf16)
+        fold_kernel<bf16><<<grid_for(count), 256, 0, mg_cuda.stream>>>((bf16 *)out, parts, n_parts, count);
+    else
+        fold_kernel<float><<<grid_for(count), 256, 0, mg_cuda.stream>>>((float *)out, parts, n_parts, count);
+    MG_CUDA_LAUNCHED("fold");
+    return MG_OK;
+}

@@ -169,3 +169,11 @@ mg_status mg_cuda_logits(float *out, const void *in, const mg_matrix *w, int n, 
     const mg_matmul_part part = {out, w, NULL};
     return run_parts(&part, 1, in, n, kernels, round_bf16, 1);
 }
+
+mg_status mg_cuda_matmul_groups(float *out, const void *in, const mg_matrix *w, int n, int round_bf16) {
+    if (!round_bf16 || w->dtype != MG_DTYPE_BF16 || w->cols % 32 != 0)
+        return mg_error_set(MG_ERR_UNSUPPORTED,
+                            "matmul groups on CUDA need BF16 numerics, BF16 weights and K %% 32 == 0 (K = %d)",
+                            w->cols);
+    return mg_tc_matmul_groups(out, (const bf16 *)w->data, w->rows, in, n, w->cols);
+}

@@ -7,7 +7,8 @@
 /* Steps of the order in 32-column blocks. */
 #define KB_SPLIT (MG_TC_SPLIT / 32)            /* blocks per split (8) */
 #define KB_GROUP (KB_SPLIT * MG_TC_GROUP)      /* blocks per group (32) */
-#define MG_TC_MAX_TILES 16384                  /* tile counters: largest grid.x * grid.y that may split K */
+#define MG_TC_MAX_TILES 16384
+static_assert(MG_TC_SPLIT * MG_TC_GROUP == MG_MATMUL_GROUP, "matmul_groups' group is the order's group");                  /* tile counters: largest grid.x * grid.y that may split K */
 
 static inline int n_groups_of(int K) { return (K / 32 + KB_GROUP - 1) / KB_GROUP; }
 
@@ -197,7 +198,9 @@ __global__ void __launch_bounds__(SK_WARPS * 32) mm_skinny(mg_tc_args a) {
                 /* s_hi is S or a group boundary: a group ends here. */
                 if ((sd + 1) % MG_TC_GROUP == 0 || sd + 1 == s_hi) {
                     int f, row;
-                    if (gridDim.z > 1) {
+                    if (a.groups) {
+                        if (out_at(q, f, row)) a.groups[((size_t)(sd / MG_TC_GROUP) * M + row) * sg.n + f] = grp[q];
+                    } else if (gridDim.z > 1) {
                         if (out_at(q, f, row)) ws_at(sd / MG_TC_GROUP)[e] = grp[q];
                     } else {
                         tot[q] += grp[q];
@@ -208,6 +211,7 @@ __global__ void __launch_bounds__(SK_WARPS * 32) mm_skinny(mg_tc_args a) {
         }
         __syncthreads();
     }
+    if (a.groups) return; /* group mode: the group results are the output */
     if (gridDim.z > 1) {
         if (!last_block_of_tile(a.cnt, blockIdx.y * gridDim.x + blockIdx.x)) return;
 #pragma unroll
@@ -367,14 +371,18 @@ __global__ void __launch_bounds__(WM *WN * 32, (BM == 64 && !SPLIT) ? 3 : 0) mm_
                         }
             }
             if ((kb + 1) % KB_GROUP == 0 || kb + 1 == nkb) { /* group end: into the total / workspace */
-                float *wsp = SPLIT ? a.ws + ((size_t)(kb / KB_GROUP) * n_tiles + tile) * (BM * BN) : nullptr;
+                float *wsp = SPLIT && !a.groups ? a.ws + ((size_t)(kb / KB_GROUP) * n_tiles + tile) * (BM * BN) : nullptr;
 #pragma unroll
                 for (int i = 0; i < MT; i++)
 #pragma unroll
                     for (int j = 0; j < NT; j++)
 #pragma unroll
                         for (int c = 0; c < 4; c++) {
-                            if (SPLIT) {
+                            if (a.groups) {
+                                if (f_of(i, c) < sg.n && row_of(j, c) < M)
+                                    a.groups[((size_t)(kb / KB_GROUP) * M + row_of(j, c)) * sg.n + f_of(i, c)] =
+                                        grp[i][j][c];
+                            } else if (SPLIT) {
                                 if (f_of(i, c) < sg.n && row_of(j, c) < M) wsp[slot_of(i, j, c)] = grp[i][j][c];
                             } else if (TOT_SMEM) {
                                 tot_s[slot_of(i, j, c)] += grp[i][j][c];
@@ -387,6 +395,7 @@ __global__ void __launch_bounds__(WM *WN * 32, (BM == 64 && !SPLIT) ? 3 : 0) mm_
         }
     }
     cp_async_wait<0>();
+    if (a.groups) return; /* group mode: the group results are the output */
     if (SPLIT) {
         if (!last_block_of_tile(a.cnt, tile)) return;
         /* tot = ((+0 + G0) + G1) + ...: all of the tile's groups, in order. */
@@ -459,6 +468,7 @@ static int build_args(mg_tc_args *a, const mg_cuda_mm_part *parts, int n_parts, 
     a->gpb = a->n_groups;
     a->ws = NULL;
     a->cnt = NULL;
+    a->groups = NULL;
     for (int i = 0; i < MG_TC_MAX_SEGS; i++) {
         mg_tc_seg *s = &a->seg[i];
         if (i < n_parts) {
@@ -473,7 +483,7 @@ static int build_args(mg_tc_args *a, const mg_cuda_mm_part *parts, int n_parts, 
 
 /* Zeroed per-tile counters, allocated on first use; every launch leaves
  * them zero again (the last block of a tile resets its counter). */
-static unsigned *tile_counters;
+static unsigned *tile_counters_dev[MG_CUDA_MAX_DEV]; /* per device */
 
 /* Groups per block along grid.z for a matrix of `tiles` blocks (grid.x *
  * grid.y): all of them (no split) unless the tiles alone would leave the
@@ -486,6 +496,7 @@ static mg_status plan_split(mg_tc_args *a, int tiles, int tile_elems, int def_gp
     if (ng <= 1 || tiles >= tun.split_blocks || tiles > MG_TC_MAX_TILES) return MG_OK;
     int gpb = tun.split_groups > 0 ? tun.split_groups : def_gpb;
     if (gpb >= ng) return MG_OK;
+    unsigned *&tile_counters = tile_counters_dev[mg_cuda_dev];
     if (!tile_counters) {
         void *p;
         MG_CUDA_TRY(cudaMalloc(&p, MG_TC_MAX_TILES * sizeof(unsigned)));
@@ -495,6 +506,11 @@ static mg_status plan_split(mg_tc_args *a, int tiles, int tile_elems, int def_gp
             return mg_cuda_fail(e, "cudaMemsetAsync", __FILE__, __LINE__);
         }
         tile_counters = (unsigned *)p;
+    }
+    if (a->groups) { /* group mode: blocks write their groups directly; nothing to fold */
+        a->gpb = gpb;
+        *chunks = (unsigned)((ng + gpb - 1) / gpb);
+        return MG_OK;
     }
     void *ws;
     MG_TRY(mg_cuda_scratch(MG_SCRATCH_MM_SPLIT, (size_t)ng * tiles * tile_elems * sizeof(float), &ws));
@@ -513,8 +529,9 @@ template <int NT, typename TO> static void skinny_nt(const mg_tc_args &a, dim3 g
 }
 
 template <typename TO> static mg_status launch_skinny(mg_tc_args *a, const mg_cuda_mm_part *parts, int n_parts,
-                                                      const void *x, int M, int K) {
+                                                      const void *x, int M, int K, float *groups) {
     const int tiles = build_args(a, parts, n_parts, x, M, K, 16);
+    a->groups = groups;
     const int nt = M <= 8 ? 1 : M <= 16 ? 2 : 4;
     dim3 grid(mg_div_up(M, 8 * nt), (unsigned)tiles);
     /* A block runs its splits SK_WARPS at a time: 2 groups fill its warps. */
@@ -534,7 +551,8 @@ template <typename TO> static mg_status launch_skinny(mg_tc_args *a, const mg_cu
 template <int BM, int BN, int WM, int WN, int KS, int ST, bool SPLIT, typename TO>
 static mg_status tiled_cfg(const mg_tc_args &a, dim3 grid) {
     constexpr size_t smem = tl_smem_bytes<BM, BN, WM, WN, KS, ST, SPLIT>();
-    static int attr_done;
+    static int attr_done_dev[MG_CUDA_MAX_DEV]; /* per device: attributes are */
+    int &attr_done = attr_done_dev[mg_cuda_dev];
     if (!attr_done) {
         MG_CUDA_TRY(cudaFuncSetAttribute(mm_tiled<BM, BN, WM, WN, KS, ST, SPLIT, TO>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
@@ -559,9 +577,10 @@ static mg_status tiled_cfg(const mg_tc_args &a, dim3 grid) {
  * K is split over blocks (one group per block) when the tiles are fewer
  * than MG_CUDA_MM_SPLIT_BLOCKS. */
 template <typename TO> static mg_status launch_tiled(mg_tc_args *a, const mg_cuda_mm_part *parts, int n_parts,
-                                                     const void *x, int M, int K) {
+                                                     const void *x, int M, int K, float *groups) {
     const int big = M > tun.tile64_max;
     dim3 grid(mg_div_up(M, 64), (unsigned)build_args(a, parts, n_parts, x, M, K, big ? 128 : 64));
+    a->groups = groups;
     MG_TRY(plan_split(a, (int)(grid.x * grid.y), (big ? 128 : 64) * 64, 1, &grid.z));
     if (big)
         return grid.z > 1 ? tiled_cfg<128, 64, 4, 2, 2, 4, true, TO>(*a, grid)
@@ -578,6 +597,19 @@ mg_status mg_tc_matmul(const mg_cuda_mm_part *parts, int n_parts, const void *x,
     mg_tc_args a;
     const int skinny = M <= mg_cuda.skinny_max_rows;
     if (out_f32)
-        return skinny ? launch_skinny<float>(&a, parts, n_parts, x, M, K) : launch_tiled<float>(&a, parts, n_parts, x, M, K);
-    return skinny ? launch_skinny<bf16>(&a, parts, n_parts, x, M, K) : launch_tiled<bf16>(&a, parts, n_parts, x, M, K);
+        return skinny ? launch_skinny<float>(&a, parts, n_parts, x, M, K, NULL)
+                      : launch_tiled<float>(&a, parts, n_parts, x, M, K, NULL);
+    return skinny ? launch_skinny<bf16>(&a, parts, n_parts, x, M, K, NULL)
+                  : launch_tiled<bf16>(&a, parts, n_parts, x, M, K, NULL);
+}
+
+mg_status mg_tc_matmul_groups(float *groups, const bf16 *w, int N, const void *x, int M, int K) {
+    if (K % 32 != 0) return mg_error_set(MG_ERR_ARG, "tensor-core matmul groups: K = %d", K);
+    if (M == 0) return MG_OK;
+    tun_init();
+    mg_tc_args a;
+    const mg_cuda_mm_part part = {w, NULL, NULL, N};
+    /* The output type only selects a store that group mode never reaches. */
+    return M <= mg_cuda.skinny_max_rows ? launch_skinny<float>(&a, &part, 1, x, M, K, groups)
+                                        : launch_tiled<float>(&a, &part, 1, x, M, K, groups);
 }

@@ -68,11 +68,19 @@ typedef struct {
     int n_groups;  /* ceil(K / (MG_TC_SPLIT * MG_TC_GROUP)) */
     int gpb;       /* groups per block along grid.z (n_groups when gridDim.z == 1) */
     float *ws;     /* gridDim.z > 1: (n_groups, gridDim.x * gridDim.y, tile elements) */
+    float *groups; /* group mode: (n_groups, M, seg[0].n) FP32 group results G_i, written as they
+                      end (one segment); nothing is folded or stored to seg[0].out */
     unsigned *cnt; /* gridDim.z > 1: one zeroed counter per tile */
 } mg_tc_args;
 
 /* Launches the tensor-core matmul (skinny for M <= mg_cuda.skinny_max_rows,
  * tiled otherwise). out_f32 selects FP32 outputs (logits) over BF16. */
 mg_status mg_tc_matmul(const mg_cuda_mm_part *parts, int n_parts, const void *x, int M, int K, int out_f32);
+
+/* Group mode: writes the group results G_i (step 3 of the order) of
+ * out = x w^T to groups (n_groups, M, N), FP32, instead of folding them;
+ * folding them in group order from +0 (mg_cuda_fold) gives the matmul's
+ * total bit for bit. Tensor parallelism folds the groups of all ranks. */
+mg_status mg_tc_matmul_groups(float *groups, const bf16 *w, int N, const void *x, int M, int K);
 
 #endif
