@@ -496,6 +496,70 @@ Test(cuda_ops, matmul_invariant_bitwise_across_batch_sizes) {
     check_matmul_invariance(g, 1000, 14336, 0); /* 14 groups (w_down's K) */
 }
 
+/* Tensor parallelism's reduction ops: the group results of matmul_groups,
+ * folded in order, are the invariant matmul's output bit for bit (any M,
+ * kernel and K split); the groups match the CPU's within FP32 sum-order
+ * error; fold (FP32 adds in order) matches the CPU's fold bitwise. */
+static void check_groups_fold(const mg_backend_ops *g, int M, int N, int K) {
+    const mg_backend_ops *c = cpu_b();
+    const int G = (K + MG_MATMUL_GROUP - 1) / MG_MATMUL_GROUP;
+    test_matrix w = make_matrix(g, N, K, MG_DTYPE_BF16, 1.0f / sqrtf((float)K));
+    float *x = rand_vec((size_t)M * K, 1.0f, 1);
+    void *xd = act_in(g, x, (size_t)M * K, 1);
+    float *groups_d = gbuf(g, (size_t)G * M * N * sizeof(float));
+    void *folded = gbuf(g, (size_t)M * N * g->act_size(1)), *direct = gbuf(g, (size_t)M * N * g->act_size(1));
+    cr_assert_eq(g->matmul_groups(groups_d, xd, &w.dev, M, 1), MG_OK, "%s", mg_error_last());
+    cr_assert_eq(g->fold(folded, groups_d, G, (size_t)M * N, 1), MG_OK, "%s", mg_error_last());
+    cr_assert_eq(g->matmul(direct, xd, &w.dev, NULL, M, MG_KERNELS_INVARIANT, 1), MG_OK, "%s", mg_error_last());
+    float *a = act_out(g, folded, (size_t)M * N, 1), *b = act_out(g, direct, (size_t)M * N, 1);
+    char what[96];
+    snprintf(what, sizeof what, "fold(matmul_groups) vs invariant matmul, M %d N %d K %d", M, N, K);
+    expect_bitwise(what, a, b, (size_t)M * N);
+    float *groups = malloc((size_t)G * M * N * sizeof(float)), *ref = malloc((size_t)G * M * N * sizeof(float));
+    cr_assert_eq(g->download(groups, groups_d, (size_t)G * M * N * sizeof(float)), MG_OK);
+    cr_assert_eq(c->matmul_groups(ref, x, &w.host, M, 1), MG_OK);
+    snprintf(what, sizeof what, "matmul_groups vs CPU, M %d N %d K %d", M, N, K);
+    expect_close(what, groups, ref, (size_t)G * M * N, 0, 0, 1e-4, 1e-5);
+    float *f32 = gbuf(g, (size_t)M * N * sizeof(float)), *fold_cpu = malloc((size_t)M * N * sizeof(float));
+    cr_assert_eq(g->fold(f32, groups_d, G, (size_t)M * N, 0), MG_OK);
+    cr_assert_eq(c->fold(fold_cpu, groups, G, (size_t)M * N, 0), MG_OK);
+    float *fold_gpu = malloc((size_t)M * N * sizeof(float));
+    cr_assert_eq(g->download(fold_gpu, f32, (size_t)M * N * sizeof(float)), MG_OK);
+    snprintf(what, sizeof what, "FP32 fold vs CPU, M %d N %d K %d", M, N, K);
+    expect_bitwise(what, fold_gpu, fold_cpu, (size_t)M * N);
+    free(fold_gpu);
+    free(fold_cpu);
+    free(groups);
+    free(ref);
+    free(a);
+    free(b);
+    free(x);
+    free(w.data);
+    check_guards_and_free(g);
+}
+
+Test(cuda_ops, matmul_groups_fold_equals_invariant_matmul) {
+    const mg_backend_ops *g = gpu_or_skip();
+    rng_seed(11);
+    const int Ms[] = {1, 7, 33, 64, 100, 300};
+    for (int i = 0; i < (quick() ? 3 : 6); i++) {
+        check_groups_fold(g, Ms[i], 256, 2048);  /* 2 groups: an 8B o_proj half at TP 2 */
+        check_groups_fold(g, Ms[i], 96, 4384);   /* 5 groups, the last partial */
+        check_groups_fold(g, Ms[i], 4096, 1024); /* one group, many tiles */
+    }
+    /* copy2d: a strided block, nothing outside it touched. */
+    float src[12], want[16], got[16];
+    for (int i = 0; i < 12; i++) src[i] = (float)i + 1;
+    for (int i = 0; i < 16; i++) want[i] = -1.0f;
+    float *sd = dev_copy(g, src, sizeof src), *dd = dev_copy(g, want, sizeof want);
+    for (int r = 0; r < 3; r++)
+        for (int k = 0; k < 2; k++) want[r * 5 + 1 + k] = src[r * 4 + k];
+    cr_assert_eq(g->copy2d(dd + 1, 5 * sizeof(float), sd, 4 * sizeof(float), 2 * sizeof(float), 3), MG_OK);
+    cr_assert_eq(g->download(got, dd, sizeof got), MG_OK);
+    cr_assert_arr_eq(got, want, sizeof want);
+    check_guards_and_free(g);
+}
+
 /* The same checks and the CPU comparison with the tunables forced (they
  * pick kernels, tiles and K splits, never the order): set before the
  * backend starts in this test's process (Criterion forks one per test; in
@@ -517,6 +581,8 @@ static void forced_matmul_checks(const mg_backend_ops *g) {
     }
     check_matmul_invariance(g, 200, 4384, 0);
     check_matmul_invariance(g, 3000, 2080, 1);
+    check_groups_fold(g, 17, 96, 4384);
+    check_groups_fold(g, 130, 300, 2080);
     if (quick()) return;
     check_matmul_invariance(g, 8192, 4384, 0);
     check_matmul_invariance(g, 1000, 14336, 0);

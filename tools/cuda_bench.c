@@ -3,7 +3,7 @@
  *
  *   build/cuda_bench -m MODEL_DIR [--device cuda|cpu] [--batch 1,8,32,64,128]
  *       [--ctx 512,4096] [--steps 8] [--kernels fast,invariant]
- *       [--prefill 2048] [--kv-gib 40] [--out FILE.md]
+ *       [--prefill 2048] [--kv-gib 40] [--tensor-parallel N] [--out FILE.md]
  *
  * Decode: for each kernels mode, context length and batch size, B sequences
  * whose KV cache holds `ctx` positions of random BF16 values decode `steps`
@@ -13,12 +13,18 @@
  * bandwidth, the bandwidth measured here as a device-to-device copy
  * (bytes read + written). Prefill: one prompt of --prefill tokens in one
  * pass. Configurations whose KV cache does not fit in --kv-gib are skipped.
+ * With --tensor-parallel N the model is split over N GPUs; the copy
+ * bandwidth is then one GPU's (all copy at once) and the floor counts one
+ * GPU's share of the bytes (weights / N + K/V / N). MG_TP_SKIP_COMM=1 (timing
+ * only: wrong results) replaces the collectives by nothing, so that the
+ * difference from a normal run is the communication time per step.
  * Prints one table (markdown) on stdout, and to --out if given. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../src/backend/tp/tp.h"
 #include "../src/engine/forward.h"
 #include "../src/util/timer.h"
 
@@ -111,7 +117,7 @@ int main(int argc, char **argv) {
     const char *model_dir = NULL, *device = "cuda", *out_path = NULL;
     int batches[MAX_LIST] = {1, 8, 32, 64, 128}, n_batches = 5;
     int ctxs[MAX_LIST] = {512, 4096}, n_ctxs = 2;
-    int steps = 8, prefill = 2048, modes[2] = {1, 1};
+    int steps = 8, prefill = 2048, modes[2] = {1, 1}, tp = 1;
     double kv_gib = 40;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -123,13 +129,15 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--prefill") && v) prefill = atoi(v), i++;
         else if (!strcmp(a, "--kv-gib") && v) kv_gib = atof(v), i++;
         else if (!strcmp(a, "--out") && v) out_path = v, i++;
+        else if (!strcmp(a, "--tensor-parallel") && v) tp = atoi(v), i++;
         else if (!strcmp(a, "--kernels") && v) {
             modes[0] = strstr(v, "fast") != NULL;
             modes[1] = strstr(v, "invariant") != NULL;
             i++;
         } else {
             fprintf(stderr, "usage: %s -m MODEL_DIR [--device cuda|cpu] [--batch 1,8,...] [--ctx 512,...] "
-                            "[--steps N] [--kernels fast,invariant] [--prefill N] [--kv-gib G] [--out FILE]\n",
+                            "[--steps N] [--kernels fast,invariant] [--prefill N] [--kv-gib G] [--tensor-parallel N] "
+                            "[--out FILE]\n",
                     argv[0]);
             return 2;
         }
@@ -138,7 +146,11 @@ int main(int argc, char **argv) {
         fprintf(stderr, "cuda_bench: -m MODEL_DIR is required\n");
         return 2;
     }
-    const mg_backend_ops *ops = mg_backend_by_name(device);
+    if (tp < 1) {
+        fprintf(stderr, "cuda_bench: --tensor-parallel must be at least 1\n");
+        return 2;
+    }
+    const mg_backend_ops *ops = mg_backend_select(device, tp);
     if (!ops) {
         fprintf(stderr, "cuda_bench: %s\n", mg_error_last());
         return 1;
@@ -161,16 +173,18 @@ int main(int argc, char **argv) {
     ops->sync();
     fprintf(stderr, "cuda_bench: model loaded and uploaded in %.1f s\n", mg_now_s() - t_load);
     const double bw = copy_bandwidth(ops);
-    const double wbytes = (double)mg_model_weight_bytes(model);
+    const double wbytes = (double)mg_model_weight_bytes(model) / tp; /* one GPU's share */
     const mg_dtype kv_dtype = ops->host_memory ? MG_DTYPE_F32 : MG_DTYPE_BF16;
     const double kv_tok_bytes =
-        2.0 * c->n_layers * c->n_kv_heads * c->head_dim * (kv_dtype == MG_DTYPE_BF16 ? 2 : 4);
+        2.0 * c->n_layers * c->n_kv_heads * c->head_dim * (kv_dtype == MG_DTYPE_BF16 ? 2 : 4) / tp;
 
     char *table = NULL;
     size_t table_len = 0;
     FILE *tf = open_memstream(&table, &table_len);
-    fprintf(tf, "device %s; weights %.2f GB; copy bandwidth %.0f GB/s (read + write); weight-read floor %.2f ms\n\n",
-            ops->name, wbytes / 1e9, bw / 1e9, bw > 0 ? wbytes / bw * 1e3 : 0);
+    fprintf(tf, "device %s; weights %.2f GB per GPU; copy bandwidth %.0f GB/s per GPU (read + write); weight-read "
+                "floor %.2f ms%s\n\n",
+            ops->name, wbytes / 1e9, bw / 1e9, bw > 0 ? wbytes / bw * 1e3 : 0,
+            getenv("MG_TP_SKIP_COMM") ? " (MG_TP_SKIP_COMM: collectives skipped, timing only)" : "");
     fprintf(tf, "| kernels | batch | ctx | TPOT ms | tok/s | floor ms | TPOT/floor |\n");
     fprintf(tf, "|---|---:|---:|---:|---:|---:|---:|\n");
 

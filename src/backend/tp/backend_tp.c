@@ -52,6 +52,7 @@ typedef mg_status (*job_fn)(int rank, void *arg);
 
 static struct {
     int ready, n;
+    int skip_comm; /* MG_TP_SKIP_COMM=1: collectives do nothing (timing only; results wrong) */
     char base_name[16];
     const mg_backend_ops *base[MG_TP_MAX_RANKS];
     const mg_tp_comm_ops *comm_ops;
@@ -577,6 +578,14 @@ static mg_status tp_graph_run(const void *key, size_t key_bytes, mg_status (*iss
 
 /* ---- compute ops (on a worker: rank = tp_rank) ----------------------------------------- */
 
+static mg_status allreduce(int r, float *buf, size_t count) {
+    return T.skip_comm ? MG_OK : T.comm_ops->allreduce_f32(T.comm, r, buf, count);
+}
+
+static mg_status allgather(int r, const void *send, void *recv, size_t bytes) {
+    return T.skip_comm ? MG_OK : T.comm_ops->allgather(T.comm, r, send, recv, bytes);
+}
+
 static mg_status worker_rank(int *r) {
     *r = tp_rank;
     if (*r < 0) return mg_error_set(MG_ERR_ARG, "tensor-parallel compute ops run inside a forward pass only");
@@ -648,7 +657,7 @@ static mg_status row_parallel(int r, void *out, const void *in, const mg_matrix 
     if (kernels == MG_KERNELS_FAST) {
         TRY(scratch(r, 0, count * sizeof(float), &own));
         TRY(b->logits(own, in, w, n, MG_KERNELS_FAST, rb));
-        TRY(T.comm_ops->allreduce_f32(T.comm, r, own, count));
+        TRY(allreduce(r, own, count));
         return b->fold(out, own, 1, count, rb);
     }
     if (!b->matmul_groups)
@@ -659,7 +668,7 @@ static mg_status row_parallel(int r, void *out, const void *in, const mg_matrix 
     TRY(scratch(r, 0, bytes, &own));
     TRY(scratch(r, 1, bytes * (size_t)T.n, &all));
     TRY(b->matmul_groups(own, in, w, n, rb));
-    TRY(T.comm_ops->allgather(T.comm, r, own, all, bytes));
+    TRY(allgather(r, own, all, bytes));
     return b->fold(out, all, groups * T.n, count, rb);
 }
 
@@ -704,9 +713,9 @@ static mg_status tp_logits(float *out, const void *in, const mg_matrix *w, int n
     float *own, *all, *dst = at_rank(out, r);
     TRY(scratch(r, 0, bytes, &own));
     TRY(b->logits(own, at_rank(in, r), wr, n, kernels, rb));
-    if (n == 1) return T.comm_ops->allgather(T.comm, r, own, dst, bytes); /* already (1, vocab) */
+    if (n == 1) return allgather(r, own, dst, bytes); /* already (1, vocab) */
     TRY(scratch(r, 1, bytes * (size_t)T.n, &all));
-    TRY(T.comm_ops->allgather(T.comm, r, own, all, bytes));
+    TRY(allgather(r, own, all, bytes));
     for (int q = 0; q < T.n; q++)
         TRY(b->copy2d(dst + (size_t)q * vl, (size_t)T.n * vl * sizeof(float), all + (size_t)q * count,
                       vl * sizeof(float), vl * sizeof(float), (size_t)n));
@@ -812,6 +821,8 @@ const mg_backend_ops *mg_backend_tp(const char *base, int n_ranks) {
     if (!T.comm_ops) return NULL;
     snprintf(T.base_name, sizeof T.base_name, "%s", base);
     T.n = n_ranks;
+    const char *skip = getenv("MG_TP_SKIP_COMM");
+    T.skip_comm = skip && *skip && strcmp(skip, "0");
     if (T.comm_ops->prepare(&T.comm, n_ranks) != MG_OK) return NULL;
     for (int r = 0; r < n_ranks; r++)
         if (pthread_create(&T.thread[r], NULL, worker_main, (void *)(intptr_t)r) != 0) {
