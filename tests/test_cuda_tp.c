@@ -91,34 +91,46 @@ Test(cuda_tp, invariant_logits_bitwise_equal_to_one_gpu, .timeout = 1200) {
     mg_model_free(m);
 }
 
+static float max_abs_diff(const float *a, const float *b, size_t n) {
+    float d = 0;
+    for (size_t i = 0; i < n; i++) d = fmaxf(d, fabsf(a[i] - b[i]));
+    return d;
+}
+
+/* Fast on 2 GPUs is as close to fast on 1 GPU as two valid BF16 orders on
+ * one GPU are (invariant vs fast): the prefill row's logits (later rows
+ * follow each run's own greedy tokens). */
 Test(cuda_tp, fast_logits_close_to_one_gpu, .timeout = 1200) {
     const mg_backend_ops *tp = tp2_or_skip();
     mg_model *m = load_ckpt_or_skip();
     const size_t V = (size_t)m->config.vocab_size;
     float *one = greedy_logits(mg_backend_cuda(), m, MG_KERNELS_FAST);
+    float *one_inv = greedy_logits(mg_backend_cuda(), m, MG_KERNELS_INVARIANT);
     float *two = greedy_logits(tp, m, MG_KERNELS_FAST);
-    /* The prefill row is fed the same prompt; later rows follow each run's
-     * own greedy tokens, so only the prefill row is compared. */
-    float scale = 0, diff = 0;
-    for (size_t v = 0; v < V; v++) {
-        scale = fmaxf(scale, fabsf(one[v]));
-        diff = fmaxf(diff, fabsf(one[v] - two[v]));
-    }
-    printf("fast logits, 2 GPUs vs 1: max |diff| %.4g (max |logit| %.4g)\n", diff, scale);
-    cr_expect_leq(diff, 0.05f * scale + 1e-3f, "fast logits differ by %g (scale %g)", diff, scale);
+    const float tp_diff = max_abs_diff(one, two, V), order_diff = max_abs_diff(one, one_inv, V);
+    printf("prefill logits, max |diff|: fast 2 GPUs vs fast 1 GPU %.4g; invariant vs fast on 1 GPU %.4g\n", tp_diff,
+           order_diff);
+    cr_expect_leq(tp_diff, 2.0f * order_diff + 1e-3f, "fast logits on 2 GPUs differ by %g (orders on 1 GPU: %g)",
+                  tp_diff, order_diff);
     free(one);
+    free(one_inv);
     free(two);
     mg_model_free(m);
 }
 
 /* The engine on the real-shape checkpoint: 6 requests decoded together,
- * invariant and llm42, give the single GPU's tokens. */
+ * invariant and llm42, give the single GPU's tokens. LLM-42 runs its
+ * prefill and verify passes on the invariant kernels here
+ * (llm42_kernels): with the paper's fast ones it is deterministic for a
+ * given GPU count (the 27m checks below), but 1 and 2 GPUs compute its
+ * fixed-shape passes with different reduction orders. */
 Test(cuda_tp, engine_tokens_equal_to_one_gpu, .timeout = 1200) {
     const mg_backend_ops *tp = tp2_or_skip();
     mg_model *m = load_ckpt_or_skip();
     expect_groups_aligned(&m->config);
     mg_engine_config cfg = modes_config();
     cfg.kv_bytes = (size_t)1 << 30;
+    cfg.llm42_kernels = MG_KERNELS_INVARIANT;
     const mg_mode modes[2] = {MG_MODE_INVARIANT, MG_MODE_LLM42};
     int which[6];
     for (int i = 0; i < 6; i++) which[i] = 20 + i;

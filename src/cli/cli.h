@@ -45,6 +45,9 @@ float cli_default_tau(const char *model_path, float fallback);
  * (mg_backend_select). */
 int cli_backend(const char *cmd, const char *device, int tensor_parallel, const mg_backend_ops **out);
 
+/* "fast" or "invariant" into *out; returns 0 on success. */
+int cli_parse_kernels(const char *s, mg_kernels *out);
+
 /* Parses a whole string as an int / float / uint64; returns 0 on success. */
 int cli_parse_int(const char *s, int *out);
 int cli_parse_float(const char *s, float *out);

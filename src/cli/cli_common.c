@@ -49,6 +49,13 @@ int cli_backend(const char *cmd, const char *device, int tensor_parallel, const 
     return 0;
 }
 
+int cli_parse_kernels(const char *s, mg_kernels *out) {
+    if (!strcmp(s, "fast")) *out = MG_KERNELS_FAST;
+    else if (!strcmp(s, "invariant")) *out = MG_KERNELS_INVARIANT;
+    else return -1;
+    return 0;
+}
+
 int cli_parse_int(const char *s, int *out) {
     char *end;
     errno = 0;

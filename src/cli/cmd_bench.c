@@ -50,6 +50,8 @@ static void usage(FILE *f) {
             "  --tau T              MarginGate margin threshold (default 0.5)\n"
             "  --llm42-window W     LLM-42 tokens per verify entry (default 64)\n"
             "  --llm42-group B      LLM-42 entries per verify pass (default 8)\n"
+            "  --llm42-kernels K    fast (default, as the paper) or invariant: LLM-42's prefill and\n"
+            "                       verify kernels (invariant: same tokens for any --tensor-parallel)\n"
             "  --dataset NAME|FILE  prompts from gsm8k, math500, humaneval, sharegpt (in\n"
             "                       $MARGINGATE_DATASETS or ../shared/datasets) or a .jsonl/.json\n"
             "                       file, formatted as `margingate flips` does; request k takes\n"
@@ -491,13 +493,14 @@ static int write_json(const char *path, const bench_header *h, const bench_ctx *
 
 int cmd_bench(int argc, char **argv) {
     enum { O_MODES = 256, O_BATCH, O_PROMPT_LEN, O_NEW, O_PREFILL_LEN, O_TAU, O_W, O_B, O_THREADS, O_JSON,
-           O_DATASET, O_CLOCK, O_DEVICE, O_TP };
+           O_DATASET, O_CLOCK, O_DEVICE, O_TP, O_L42K };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},         {"modes", required_argument, 0, O_MODES},
         {"batch", required_argument, 0, O_BATCH},     {"prompt-len", required_argument, 0, O_PROMPT_LEN},
         {"new", required_argument, 0, O_NEW},         {"prefill-len", required_argument, 0, O_PREFILL_LEN},
         {"tau", required_argument, 0, O_TAU},         {"llm42-window", required_argument, 0, O_W},
         {"llm42-group", required_argument, 0, O_B},   {"threads", required_argument, 0, O_THREADS},
+        {"llm42-kernels", required_argument, 0, O_L42K},
         {"json", required_argument, 0, O_JSON},       {"dataset", required_argument, 0, O_DATASET},
         {"clock", required_argument, 0, O_CLOCK},     {"device", required_argument, 0, O_DEVICE}, {"tensor-parallel", required_argument, 0, O_TP},
         {"help", no_argument, 0, 'h'},
@@ -523,6 +526,7 @@ int cmd_bench(int argc, char **argv) {
         case O_TAU: bad = cli_parse_float(optarg, &b.tau) || b.tau < 0; break;
         case O_W: bad = cli_parse_int(optarg, &b.cfg.llm42_window) || b.cfg.llm42_window < 1; break;
         case O_B: bad = cli_parse_int(optarg, &b.cfg.llm42_group) || b.cfg.llm42_group < 1; break;
+        case O_L42K: bad = cli_parse_kernels(optarg, &b.cfg.llm42_kernels); break;
         case O_THREADS: bad = cli_parse_int(optarg, &threads) || threads < 1; break;
         case O_JSON: json_path = optarg; break;
         case O_DATASET: dataset = optarg; break;

@@ -151,11 +151,7 @@ int cmd_generate(int argc, char **argv) {
         case O_MARGINS: show_margins = 1; break;
         case O_JSON: json = 1; break;
         case O_FP32: fp32 = 1; break;
-        case O_KERNELS:
-            if (!strcmp(optarg, "fast")) g.kernels = MG_KERNELS_FAST;
-            else if (!strcmp(optarg, "invariant")) g.kernels = MG_KERNELS_INVARIANT;
-            else bad = 1;
-            break;
+        case O_KERNELS: bad = cli_parse_kernels(optarg, &g.kernels); break;
         case O_IGNORE_EOS: g.ignore_eos = 1; break;
         case O_THREADS: bad = cli_parse_int(optarg, &threads) || threads < 1; break;
         case O_DUMP_LOGITS: dump_path = optarg; break;

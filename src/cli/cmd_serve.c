@@ -25,20 +25,22 @@ static void usage(FILE *f) {
             "                        (default: the value `margingate calibrate` stored, else 0.5)\n"
             "  --llm42-window W      LLM-42 tokens per verification window (default 64)\n"
             "  --llm42-group B       LLM-42 windows per verify pass (default 8)\n"
+            "  --llm42-kernels K     fast (default, as the paper) or invariant: LLM-42's prefill and\n"
+            "                        verify kernels (invariant: same tokens for any --tensor-parallel)\n"
             "  --fp32                FP32 activations (default BF16 at op boundaries)\n"
             "  --drain-timeout S     on SIGINT/SIGTERM, seconds to let requests finish before\n"
             "                        cancelling them (default 10)\n"
             "  --device D            cpu, cuda or auto: where the engine computes (default auto:\n"
             "                        cuda when a GPU is present, else cpu)\n"
-            "  --tensor-parallel N  split the model over N GPUs (NCCL; with --device cpu: N\n"
-            "                       CPU ranks, for tests)\n"
+            "  --tensor-parallel N   split the model over N GPUs (NCCL; with --device cpu: N\n"
+            "                        CPU ranks, for tests)\n"
             "  --threads N           OpenMP threads for the engine\n"
             "  --log-requests        one line per request on stderr\n");
 }
 
 int cmd_serve(int argc, char **argv) {
     enum { O_HOST = 256, O_PORT, O_DET, O_KEY, O_NAME, O_MAXLEN, O_QUEUE, O_RUNNING, O_KV, O_BODY, O_TAU, O_W, O_B,
-           O_FP32, O_DRAIN, O_THREADS, O_LOG, O_DELAY, O_DEVICE, O_TP };
+           O_FP32, O_DRAIN, O_THREADS, O_LOG, O_DELAY, O_DEVICE, O_TP, O_L42K };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},          {"host", required_argument, 0, O_HOST},
         {"port", required_argument, 0, O_PORT},        {"determinism", required_argument, 0, O_DET},
@@ -47,6 +49,7 @@ int cmd_serve(int argc, char **argv) {
         {"max-running", required_argument, 0, O_RUNNING}, {"kv-mb", required_argument, 0, O_KV},
         {"max-body-bytes", required_argument, 0, O_BODY}, {"tau", required_argument, 0, O_TAU},
         {"llm42-window", required_argument, 0, O_W},  {"llm42-group", required_argument, 0, O_B},
+        {"llm42-kernels", required_argument, 0, O_L42K},
         {"fp32", no_argument, 0, O_FP32},              {"drain-timeout", required_argument, 0, O_DRAIN},
         {"threads", required_argument, 0, O_THREADS},  {"log-requests", no_argument, 0, O_LOG},
         {"device", required_argument, 0, O_DEVICE}, {"tensor-parallel", required_argument, 0, O_TP},
@@ -78,6 +81,7 @@ int cmd_serve(int argc, char **argv) {
             else bad = cli_parse_float(optarg, &cfg.engine.margingate_tau) || cfg.engine.margingate_tau < 0;
             break;
         case O_W: bad = cli_parse_int(optarg, &cfg.engine.llm42_window) || cfg.engine.llm42_window < 1; break;
+        case O_L42K: bad = cli_parse_kernels(optarg, &cfg.engine.llm42_kernels); break;
         case O_B: bad = cli_parse_int(optarg, &cfg.engine.llm42_group) || cfg.engine.llm42_group < 1; break;
         case O_FP32: cfg.engine.precision = MG_ACT_FP32; break;
         case O_DRAIN: bad = cli_parse_float(optarg, &f) || f < 0; cfg.drain_timeout_s = f; break;

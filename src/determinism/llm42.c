@@ -5,7 +5,9 @@
  * (ready first, then other LLM-42 requests with unverified tokens as
  * fillers, then dummy entries), each exactly W rows (padded), so every
  * verify pass has the same shape B x W and runs the fast kernels at that one
- * shape: the same reduction orders every time. An entry's rows are
+ * shape: the same reduction orders every time (cfg.llm42_kernels may pick
+ * the invariant ones instead, whose orders do not depend on the GPU count
+ * either). An entry's rows are
  * [last verified token] + unverified[0 .. n-1) at positions starting at the
  * last verified token's; the pass writes its K/V in place over the fast
  * path's. The first row whose prediction differs from the fast token marks
@@ -101,7 +103,7 @@ mg_status mg_llm42_verify_ready(mg_engine *e, double now) {
                     mg_rows_push(r, NULL, 0, j % e->pool.block_size, &e->dummy, 1);
             }
         }
-        mg_status st = mg_rows_run(e, r, MG_KERNELS_FAST);
+        mg_status st = mg_rows_run(e, r, e->cfg.llm42_kernels);
         if (st != MG_OK) return st;
         double share = (mg_now_s() - t0) / n_entries;
         for (int k = 0; k < n_entries; k++)

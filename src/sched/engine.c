@@ -23,7 +23,8 @@ int mg_mode_parse(const char *s, mg_mode *out) {
 mg_engine_config mg_engine_config_default(void) {
     return (mg_engine_config){.kv_block_size = 16, .kv_bytes = (size_t)256 << 20, .max_batch_rows = 256,
                               .max_running = 64, .precision = MG_ACT_BF16, .llm42_window = 64, .llm42_group = 8,
-                              .margingate_tau = 0.5f, .prefill_chunk = 256};
+                              .margingate_tau = 0.5f, .prefill_chunk = 256,
+                              .llm42_kernels = MG_KERNELS_FAST};
 }
 
 /* ---- rows ---------------------------------------------------------------- */
@@ -417,7 +418,8 @@ static mg_rows *group_of(mg_engine *e, const mg_req *q, int prefill) {
 }
 
 /* Isolated LLM-42 prefill: one fixed-size chunk per step through the fast
- * kernels, alone, so the prompt's K/V depend on the prompt only. */
+ * kernels (cfg.llm42_kernels), alone, so the prompt's K/V depend on the
+ * prompt only. */
 static mg_status isolated_prefill(mg_engine *e, mg_req *q, int *got_logits) {
     int n = q->n_prompt - q->n_cached;
     if (n > e->cfg.prefill_chunk) n = e->cfg.prefill_chunk;
@@ -429,7 +431,7 @@ static mg_status isolated_prefill(mg_engine *e, mg_req *q, int *got_logits) {
         int pos = q->n_cached + i;
         mg_rows_push(r, q, q->tokens[pos], pos, &q->seq, pos == q->n_prompt - 1);
     }
-    mg_status st = mg_rows_run(e, r, MG_KERNELS_FAST);
+    mg_status st = mg_rows_run(e, r, e->cfg.llm42_kernels);
     if (st != MG_OK) return st;
     q->n_cached += n;
     *got_logits = q->n_cached == q->n_prompt;

@@ -49,6 +49,10 @@ typedef struct {
     int llm42_group;         /* B: entries per verify pass (default 8) */
     float margingate_tau;    /* verify when margin < tau; INFINITY = always */
     int prefill_chunk;       /* fixed isolated-prefill chunk for llm42 (default 256) */
+    /* Kernels of LLM-42's isolated prefill and verify passes: FAST (default,
+     * the paper's design: deterministic for a given GPU count) or INVARIANT
+     * (also the same tokens across tensor-parallel degrees). */
+    mg_kernels llm42_kernels;
 } mg_engine_config;
 
 /* Defaults for the fields above (kv_bytes 256 MiB, tau 0.5). */

@@ -4,10 +4,16 @@
  * run on the rank's stream, in issue order with its kernels, and can be
  * captured in the rank's CUDA graphs.
  *
- * Determinism: the invariant path only all-gathers (moves bits); the fast
- * path's all-reduce is pinned to one algorithm, protocol and channel setup
- * (NCCL_ALGO=Ring, NCCL_PROTO=Simple) unless the user set them, and NVLink
- * multicast (NVLS) is off, as the GPU machines require.
+ * Determinism: the invariant path only all-gathers (moves bits, in any
+ * algorithm). The fast path's all-reduce: with 2 ranks every element is one
+ * FP32 addition of the two partials (a + b == b + a), the same bits in any
+ * algorithm or protocol, so NCCL keeps its choice (LL for the small decode
+ * messages: about a third of Simple's latency per call). With more ranks the
+ * order of the additions depends on the algorithm, so NCCL_ALGO=Ring and
+ * NCCL_PROTO=Simple are pinned unless the user set them (the chunking still
+ * follows the message size: the fast path is not batch-invariant anyway;
+ * the invariant path never all-reduces). NVLink multicast (NVLS) is off, as
+ * the GPU machines require.
  *
  * libnccl.so.2 is opened at run time (dlopen), so that a machine without
  * NCCL still runs everything but tensor parallelism, which then says why. */
@@ -70,8 +76,10 @@ static mg_status nccl_fail(ncclResult_t r, const char *what) {
     } while (0)
 
 static mg_status nccl_prepare(void **out, int n_ranks) {
-    setenv("NCCL_ALGO", "Ring", 0);
-    setenv("NCCL_PROTO", "Simple", 0);
+    if (n_ranks > 2) {
+        setenv("NCCL_ALGO", "Ring", 0);
+        setenv("NCCL_PROTO", "Simple", 0);
+    }
     setenv("NCCL_NVLS_ENABLE", "0", 0);
     nccl_comm *c = (nccl_comm *)calloc(1, sizeof *c);
     if (!c) return mg_error_set(MG_ERR_OOM, "cannot allocate the NCCL communicator table");

@@ -58,8 +58,9 @@ typedef struct {
 } mg_tp_comm_ops;
 
 /* NCCL between CUDA devices (src/backend/cuda/comm_nccl.cu); NULL with a
- * reason in builds without CUDA. Pins NCCL_ALGO=Ring, NCCL_PROTO=Simple and
- * NCCL_NVLS_ENABLE=0 unless the environment sets them. */
+ * reason in builds without CUDA or NCCL. Sets NCCL_NVLS_ENABLE=0, and with
+ * more than 2 ranks NCCL_ALGO=Ring and NCCL_PROTO=Simple, unless the
+ * environment sets them. */
 const mg_tp_comm_ops *mg_tp_comm_nccl(void);
 
 /* The tensor-parallel backend over `n_ranks` ranks of the named base
