@@ -237,3 +237,26 @@ Test(cli, device_cuda_without_gpu_is_a_clear_error) {
     }
     cr_assert_neq(access(out, F_OK), 0, "flips must not start without its device");
 }
+
+/* --tensor-parallel: 2 CPU ranks run and name themselves; a bad degree is a
+ * usage error; a degree the model cannot split is a one-line error. */
+Test(cli, tensor_parallel_cpu_ranks_and_errors) {
+    need_model();
+    char model[1024], cmd[2048];
+    snprintf(model, sizeof model, "%s/models/mg-llama-27m", mg_test_shared_dir());
+    snprintf(cmd, sizeof cmd, BIN " generate -m %s -p hi -n 3 --device cpu --tensor-parallel 2 --json --threads 1",
+             model);
+    cmd_result r = *run_cmd(cmd);
+    cr_assert_eq(r.rc, 0, "%s", r.err);
+    cr_assert(strstr(r.out, "\"device\":\t\"cpu-tp2\""), "%s", r.out);
+    cr_assert(strstr(r.out, "\"token_ids\":"), "%s", r.out);
+    snprintf(cmd, sizeof cmd, BIN " generate -m %s -p hi -n 3 --device cpu --tensor-parallel 0", model);
+    r = *run_cmd(cmd);
+    cr_assert_eq(r.rc, 2, "%s", r.err);
+    cr_assert_str_eq(r.err, "margingate generate: --tensor-parallel needs a positive integer (got '0')\n");
+    snprintf(cmd, sizeof cmd, BIN " generate -m %s -p hi -n 3 --device cpu --tensor-parallel 3", model);
+    r = *run_cmd(cmd);
+    cr_assert_eq(r.rc, 1, "%s", r.err);
+    cr_assert(strstr(r.err, "tensor parallel 3: the model's attention heads (8) do not split evenly"), "%s", r.err);
+    cr_assert_null(strchr(strchr(r.err, '\n') + 1, '\n'), "one line: %s", r.err);
+}
