@@ -41,8 +41,11 @@ int cli_backend(const char *cmd, const char *device, int tensor_parallel, const 
     }
     const mg_backend_ops *b = mg_backend_select(device, tensor_parallel);
     if (!b) {
-        fprintf(stderr, "margingate %s: cannot compute on --device %s (tensor parallel %d): %s\n", cmd, device,
-                tensor_parallel, mg_error_last());
+        if (tensor_parallel > 1)
+            fprintf(stderr, "margingate %s: cannot compute on --device %s with --tensor-parallel %d: %s\n", cmd,
+                    device, tensor_parallel, mg_error_last());
+        else
+            fprintf(stderr, "margingate %s: cannot compute on --device %s: %s\n", cmd, device, mg_error_last());
         return 1;
     }
     *out = b;
