@@ -49,8 +49,6 @@ static __device__ __forceinline__ top2 top2_shfl(const top2 &t, int lane_mask) {
 }
 
 __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_kernel(mg_argmax *out, const float *logits, int vocab) {
-    mg_pdl_wait(); /* before touching what earlier kernels wrote or read */
-    mg_pdl_release();
     __shared__ top2 warp_top[ARGMAX_THREADS / 32];
     const float *row = logits + (size_t)blockIdx.x * vocab;
     top2 t = {-INFINITY, INT_MAX, -INFINITY, INT_MAX};
@@ -77,7 +75,7 @@ __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_kernel(mg_argmax *out, 
 mg_status mg_cuda_argmax(mg_argmax *out, const float *logits, int n, int vocab) {
     if (n == 0) return MG_OK;
     if (vocab < 2) return mg_error_set(MG_ERR_ARG, "argmax needs a vocabulary of at least 2");
-    mg_launch(argmax_kernel, n, ARGMAX_THREADS, 0, out, logits, vocab);
+    argmax_kernel<<<n, ARGMAX_THREADS, 0, mg_cuda.stream>>>(out, logits, vocab);
     MG_CUDA_LAUNCHED("argmax");
     return MG_OK;
 }

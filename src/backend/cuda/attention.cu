@@ -235,8 +235,6 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32)
     attn_partial_kernel(const T *q, const KV *kc, const KV *vc, attn_params p, const int32_t *positions,
                         const int32_t *bt_off, const int32_t *bt, const int32_t *groups, const int32_t *items,
                         const int32_t *n_items, const int32_t *part_base, float2 *part_ms, float *part_out) {
-    mg_pdl_wait(); /* before touching what earlier kernels wrote or read */
-    mg_pdl_release();
     extern __shared__ __align__(16) float smem[];
     const int count = *n_items;
     for (int item = blockIdx.x; item < count; item += gridDim.x) {
@@ -249,8 +247,6 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32)
 template <typename T>
 __global__ void attn_merge_kernel(T *out, const float2 *part_ms, const float *part_out, const int32_t *n_chunks,
                                   const int32_t *part_base, int n_rows, int n_heads, int hd) {
-    mg_pdl_wait(); /* before touching what earlier kernels wrote or read */
-    mg_pdl_release();
     const int gw = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (gw >= n_rows * n_heads) return;
     const int row = gw / n_heads, h = gw % n_heads;
@@ -304,7 +300,7 @@ static mg_status launch_partial(const void *q, const mg_kv_pool *pool, const mg_
         opted = smem;
     }
     dim3 grid((unsigned)w->items_grid, (unsigned)p.n_kv_heads);
-    mg_launch(attn_partial_kernel<T, KV, MAXV>, grid, ATTN_WARPS * 32, smem,
+    attn_partial_kernel<T, KV, MAXV><<<grid, ATTN_WARPS * 32, smem, mg_cuda.stream>>>(
         (const T *)q, (const KV *)pool->k, (const KV *)pool->v, p, r->positions, r->bt_off, r->bt, w->groups, w->items,
         w->n_items_dev, w->part_base, ms, po);
     MG_CUDA_LAUNCHED("attn_partial");
@@ -323,7 +319,7 @@ static mg_status launch(void *out, const void *q, const mg_kv_pool *pool, const 
                                 p.group, 32 / MG_ATTN_QG);
     }
     const int warps = n_rows * p.n_heads;
-    mg_launch(attn_merge_kernel<T>, mg_div_up(warps, 4), 128, 0, (T *)out, ms, po, w->n_chunks,
+    attn_merge_kernel<T><<<mg_div_up(warps, 4), 128, 0, mg_cuda.stream>>>((T *)out, ms, po, w->n_chunks,
                                                                           w->part_base, n_rows, p.n_heads, p.hd);
     MG_CUDA_LAUNCHED("attn_merge");
     return MG_OK;

@@ -614,8 +614,6 @@ static mg_status cuda_init(int dev) {
     mg_cuda.skinny_max_rows = env_int("MG_CUDA_SKINNY_MAX", 32);
     mg_cuda.skinny_v2 = env_int("MG_CUDA_SKINNY_V2", 1) != 0;
     mg_cuda.graphs = env_int("MG_CUDA_GRAPHS", 1) != 0;
-    mg_cuda.pdl = prop.major >= 9 && env_int("MG_CUDA_PDL", 1) != 0;
-    mg_cuda.fast_tc_max = env_int("MG_CUDA_FAST_TC_MAX", 0);
     const char *fg = getenv("MG_CUDA_FAST_GEMM");
     mg_cuda.fast_gemm_tc = fg && !strcmp(fg, "tc");
     mg_cuda.ready = 1;

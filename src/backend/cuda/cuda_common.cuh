@@ -62,9 +62,6 @@ typedef struct {
     int fast_gemm_tc;     /* MG_CUDA_FAST_GEMM=tc: the fast path uses the invariant kernels too */
     int skinny_v2;        /* MG_CUDA_SKINNY_V2 (default 1): skinny kernel issues a split's weight loads up front */
     int graphs;           /* MG_CUDA_GRAPHS (default 1): decode passes replay CUDA graphs */
-    int pdl;              /* MG_CUDA_PDL (default 1 on sm_90+): programmatic dependent launch */
-    int fast_tc_max;      /* MG_CUDA_FAST_TC_MAX (default 0): the fast path's GEMMs use the
-                             tensor-core kernels up to this many rows, cuBLASLt above */
     unsigned scratch_gen; /* bumped whenever a scratch buffer moves (graphs recorded its address) */
 } mg_cuda_ctx;
 
@@ -72,41 +69,6 @@ typedef struct {
 extern mg_cuda_ctx mg_cuda_devs[MG_CUDA_MAX_DEV];
 extern thread_local int mg_cuda_dev;
 #define mg_cuda (mg_cuda_devs[mg_cuda_dev])
-
-/* ---- launches: programmatic dependent launch (PDL, sm_90) ------------------
- * Every kernel is launched with mg_launch, which (with mg_cuda.pdl) lets it
- * start while the kernel before it on the stream finishes. Each kernel
- * therefore begins with mg_pdl_wait() before it touches any memory the
- * kernels before it write or read (weights excepted: the matmuls prefetch
- * theirs first, so that the weight stream starts during the previous
- * kernel's tail), then mg_pdl_release() lets the next kernel launch. wait
- * returns once every earlier grid has completed and its writes are
- * visible, so the results are the same bits with or without PDL. */
-static __device__ __forceinline__ void mg_pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
-}
-static __device__ __forceinline__ void mg_pdl_release() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
-
-template <typename... KArgs, typename... Args>
-static inline cudaError_t mg_launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, Args &&...args) {
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid;
-    cfg.blockDim = block;
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = mg_cuda.stream;
-    cfg.attrs = attr;
-    cfg.numAttrs = mg_cuda.pdl ? 1 : 0;
-    return cudaLaunchKernelEx(&cfg, kernel, static_cast<Args &&>(args)...);
-}
 
 /* Growable device scratch, one per purpose; the pointer stays valid until
  * the next call with the same slot. Waits for pending work before growing. */

@@ -32,8 +32,6 @@ static __device__ float block_sum(float v, float *smem /* (32) */) {
 
 template <typename T, typename TW>
 __global__ void embed_kernel(T *out, const TW *table, const int32_t *tokens, int dim) {
-    mg_pdl_wait(); /* before touching what earlier kernels wrote or read */
-    mg_pdl_release();
     const int i = blockIdx.x;
     const TW *src = table + (size_t)tokens[i] * dim;
     T *dst = out + (size_t)i * dim;
@@ -46,17 +44,17 @@ mg_status mg_cuda_embed(void *out, const mg_matrix *table, const mg_attn_rows *r
     if (n == 0) return MG_OK;
     if (table->dtype == MG_DTYPE_BF16) {
         if (round_bf16)
-            mg_launch(embed_kernel<bf16, bf16>, n, 256, 0, (bf16 *)out, (const bf16 *)table->data, r->tokens,
+            embed_kernel<bf16, bf16><<<n, 256, 0, mg_cuda.stream>>>((bf16 *)out, (const bf16 *)table->data, r->tokens,
                                                                     dim);
         else
-            mg_launch(embed_kernel<float, bf16>, n, 256, 0, (float *)out, (const bf16 *)table->data,
+            embed_kernel<float, bf16><<<n, 256, 0, mg_cuda.stream>>>((float *)out, (const bf16 *)table->data,
                                                                      r->tokens, dim);
     } else {
         if (round_bf16)
-            mg_launch(embed_kernel<bf16, float>, n, 256, 0, (bf16 *)out, (const float *)table->data,
+            embed_kernel<bf16, float><<<n, 256, 0, mg_cuda.stream>>>((bf16 *)out, (const float *)table->data,
                                                                      r->tokens, dim);
         else
-            mg_launch(embed_kernel<float, float>, n, 256, 0, (float *)out, (const float *)table->data,
+            embed_kernel<float, float><<<n, 256, 0, mg_cuda.stream>>>((float *)out, (const float *)table->data,
                                                                       r->tokens, dim);
     }
     MG_CUDA_LAUNCHED("embed");
@@ -69,8 +67,6 @@ mg_status mg_cuda_embed(void *out, const mg_matrix *table, const mg_attn_rows *r
 template <typename T, bool ADD>
 __global__ void __launch_bounds__(NORM_THREADS)
     rmsnorm_kernel(T *out, T *x, const T *y, const float *weight, int dim, float eps) {
-    mg_pdl_wait(); /* before touching what earlier kernels wrote or read */
-    mg_pdl_release();
     __shared__ float red[32];
     const size_t base = (size_t)blockIdx.x * dim;
     T *xr = x + base;
@@ -97,10 +93,10 @@ __global__ void __launch_bounds__(NORM_THREADS)
 mg_status mg_cuda_rmsnorm(void *out, const void *in, const float *weight, int n, int dim, float eps, int round_bf16) {
     if (n == 0) return MG_OK;
     if (round_bf16)
-        mg_launch(rmsnorm_kernel<bf16, false>, n, NORM_THREADS, 0, (bf16 *)out, (bf16 *)in, (const bf16 *)NULL, weight,
+        rmsnorm_kernel<bf16, false><<<n, NORM_THREADS, 0, mg_cuda.stream>>>((bf16 *)out, (bf16 *)in, NULL, weight,
                                                                              dim, eps);
     else
-        mg_launch(rmsnorm_kernel<float, false>, n, NORM_THREADS, 0, (float *)out, (float *)in, (const float *)NULL, weight,
+        rmsnorm_kernel<float, false><<<n, NORM_THREADS, 0, mg_cuda.stream>>>((float *)out, (float *)in, NULL, weight,
                                                                               dim, eps);
     MG_CUDA_LAUNCHED("rmsnorm");
     return MG_OK;
@@ -110,10 +106,10 @@ mg_status mg_cuda_add_rmsnorm(void *x, const void *y, void *out, const float *we
                               int round_bf16) {
     if (n == 0) return MG_OK;
     if (round_bf16)
-        mg_launch(rmsnorm_kernel<bf16, true>, n, NORM_THREADS, 0, (bf16 *)out, (bf16 *)x, (const bf16 *)y,
+        rmsnorm_kernel<bf16, true><<<n, NORM_THREADS, 0, mg_cuda.stream>>>((bf16 *)out, (bf16 *)x, (const bf16 *)y,
                                                                             weight, dim, eps);
     else
-        mg_launch(rmsnorm_kernel<float, true>, n, NORM_THREADS, 0, (float *)out, (float *)x,
+        rmsnorm_kernel<float, true><<<n, NORM_THREADS, 0, mg_cuda.stream>>>((float *)out, (float *)x,
                                                                              (const float *)y, weight, dim, eps);
     MG_CUDA_LAUNCHED("add_rmsnorm");
     return MG_OK;
@@ -122,15 +118,11 @@ mg_status mg_cuda_add_rmsnorm(void *x, const void *y, void *out, const float *we
 /* ---- residual add and SwiGLU -------------------------------------------- */
 
 template <typename T> __global__ void add_kernel(T *x, const T *y, size_t n) {
-    mg_pdl_wait(); /* before touching what earlier kernels wrote or read */
-    mg_pdl_release();
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         x[i] = from_f<T>(to_f(x[i]) + to_f(y[i]));
 }
 
 template <typename T> __global__ void swiglu_kernel(T *out, const T *gate, const T *up, size_t n) {
-    mg_pdl_wait(); /* before touching what earlier kernels wrote or read */
-    mg_pdl_release();
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         float g = to_f(gate[i]);
         float silu = rnd<T>(g * (1.0f / (1.0f + expf(-g))));
@@ -146,9 +138,9 @@ static unsigned grid_for(size_t n) {
 mg_status mg_cuda_add(void *x, const void *y, size_t n, int round_bf16) {
     if (n == 0) return MG_OK;
     if (round_bf16)
-        mg_launch(add_kernel<bf16>, grid_for(n), 256, 0, (bf16 *)x, (const bf16 *)y, n);
+        add_kernel<bf16><<<grid_for(n), 256, 0, mg_cuda.stream>>>((bf16 *)x, (const bf16 *)y, n);
     else
-        mg_launch(add_kernel<float>, grid_for(n), 256, 0, (float *)x, (const float *)y, n);
+        add_kernel<float><<<grid_for(n), 256, 0, mg_cuda.stream>>>((float *)x, (const float *)y, n);
     MG_CUDA_LAUNCHED("add");
     return MG_OK;
 }
@@ -156,10 +148,10 @@ mg_status mg_cuda_add(void *x, const void *y, size_t n, int round_bf16) {
 mg_status mg_cuda_swiglu(void *out, const void *gate, const void *up, size_t n, int round_bf16) {
     if (n == 0) return MG_OK;
     if (round_bf16)
-        mg_launch(swiglu_kernel<bf16>, grid_for(n), 256, 0, (bf16 *)out, (const bf16 *)gate,
+        swiglu_kernel<bf16><<<grid_for(n), 256, 0, mg_cuda.stream>>>((bf16 *)out, (const bf16 *)gate,
                                                                      (const bf16 *)up, n);
     else
-        mg_launch(swiglu_kernel<float>, grid_for(n), 256, 0, (float *)out, (const float *)gate,
+        swiglu_kernel<float><<<grid_for(n), 256, 0, mg_cuda.stream>>>((float *)out, (const float *)gate,
                                                                       (const float *)up, n);
     MG_CUDA_LAUNCHED("swiglu");
     return MG_OK;
@@ -168,8 +160,6 @@ mg_status mg_cuda_swiglu(void *out, const void *gate, const void *up, size_t n, 
 /* out[i] = ((+0 + parts[0][i]) + parts[1][i]) + ..., FP32 adds in part
  * order, then the store (rounded to BF16 for BF16 activations). */
 template <typename T> __global__ void fold_kernel(T *out, const float *parts, int n_parts, size_t count) {
-    mg_pdl_wait(); /* before touching what earlier kernels wrote or read */
-    mg_pdl_release();
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x) {
         float acc = 0.0f;
         for (int p = 0; p < n_parts; p++) acc += __ldcg(parts + (size_t)p * count + i);
@@ -180,9 +170,9 @@ template <typename T> __global__ void fold_kernel(T *out, const float *parts, in
 mg_status mg_cuda_fold(void *out, const float *parts, int n_parts, size_t count, int round_bf16) {
     if (count == 0) return MG_OK;
     if (round_bf16)
-        mg_launch(fold_kernel<bf16>, grid_for(count), 256, 0, (bf16 *)out, parts, n_parts, count);
+        fold_kernel<bf16><<<grid_for(count), 256, 0, mg_cuda.stream>>>((bf16 *)out, parts, n_parts, count);
     else
-        mg_launch(fold_kernel<float>, grid_for(count), 256, 0, (float *)out, parts, n_parts, count);
+        fold_kernel<float><<<grid_for(count), 256, 0, mg_cuda.stream>>>((float *)out, parts, n_parts, count);
     MG_CUDA_LAUNCHED("fold");
     return MG_OK;
 }

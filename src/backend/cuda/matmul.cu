@@ -25,8 +25,6 @@
 template <typename TI, typename TW, typename TO, bool VEC4>
 __global__ void __launch_bounds__(256) mm_simt(TO *out, const TI *x, const TW *w, const float *bias, int M, int N,
                                                int K) {
-    mg_pdl_wait(); /* before touching what earlier kernels wrote or read */
-    mg_pdl_release();
     const int lane = threadIdx.x & 31;
     const int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (r >= N) return;
@@ -73,10 +71,10 @@ template <typename TI, typename TW, typename TO>
 static mg_status simt3(void *out, const void *x, const void *w, const float *bias, int M, int N, int K) {
     const unsigned blocks = mg_div_up(N, 8);
     if (K % 4 == 0)
-        mg_launch(mm_simt<TI, TW, TO, true>, blocks, 256, 0, (TO *)out, (const TI *)x, (const TW *)w, bias,
+        mm_simt<TI, TW, TO, true><<<blocks, 256, 0, mg_cuda.stream>>>((TO *)out, (const TI *)x, (const TW *)w, bias,
                                                                       M, N, K);
     else
-        mg_launch(mm_simt<TI, TW, TO, false>, blocks, 256, 0, (TO *)out, (const TI *)x, (const TW *)w,
+        mm_simt<TI, TW, TO, false><<<blocks, 256, 0, mg_cuda.stream>>>((TO *)out, (const TI *)x, (const TW *)w,
                                                                        bias, M, N, K);
     MG_CUDA_LAUNCHED("mm_simt");
     return MG_OK;
@@ -101,8 +99,6 @@ static mg_status mm_simt_any(void *out, const void *x, const mg_matrix *w, const
 /* ---- bias epilogue for cuBLASLt ------------------------------------------------- */
 
 template <typename TO> __global__ void bias_store(TO *out, const float *acc, const float *bias, size_t M, int N) {
-    mg_pdl_wait(); /* before touching what earlier kernels wrote or read */
-    mg_pdl_release();
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < M * N; i += (size_t)gridDim.x * blockDim.x)
         out[i] = from_f<TO>(acc[i] + bias[i % N]);
 }
@@ -117,9 +113,9 @@ static mg_status lt_one(void *out, const void *x, const mg_matrix *w, const floa
     unsigned blocks = mg_div_up(total, 256);
     if (blocks > (unsigned)mg_cuda.n_sm * 16) blocks = (unsigned)mg_cuda.n_sm * 16;
     if (out_f32)
-        mg_launch(bias_store<float>, blocks, 256, 0, (float *)out, (const float *)acc, bias, (size_t)M, N);
+        bias_store<float><<<blocks, 256, 0, mg_cuda.stream>>>((float *)out, (const float *)acc, bias, (size_t)M, N);
     else
-        mg_launch(bias_store<bf16>, blocks, 256, 0, (bf16 *)out, (const float *)acc, bias, (size_t)M, N);
+        bias_store<bf16><<<blocks, 256, 0, mg_cuda.stream>>>((bf16 *)out, (const float *)acc, bias, (size_t)M, N);
     MG_CUDA_LAUNCHED("bias_store");
     return MG_OK;
 }
@@ -128,12 +124,11 @@ static mg_status lt_one(void *out, const void *x, const mg_matrix *w, const floa
 
 typedef enum { PATH_SIMT, PATH_TC, PATH_LT } mm_path;
 
-static mm_path choose(const mg_matmul_part *parts, int n_parts, int n_rows, mg_kernels kernels, int round_bf16) {
+static mm_path choose(const mg_matmul_part *parts, int n_parts, mg_kernels kernels, int round_bf16) {
     int bf16_w = 1, cols = parts[0].w->cols;
     for (int i = 0; i < n_parts; i++) bf16_w &= parts[i].w->dtype == MG_DTYPE_BF16 && parts[i].w->cols == cols;
     if (!round_bf16 || !bf16_w) return PATH_SIMT;
-    if (kernels == MG_KERNELS_FAST && !mg_cuda.fast_gemm_tc && !(n_rows <= mg_cuda.fast_tc_max && cols % 32 == 0))
-        return cols % 8 == 0 ? PATH_LT : PATH_SIMT;
+    if (kernels == MG_KERNELS_FAST && !mg_cuda.fast_gemm_tc) return cols % 8 == 0 ? PATH_LT : PATH_SIMT;
     return cols % 32 == 0 ? PATH_TC : PATH_SIMT;
 }
 
@@ -142,7 +137,7 @@ static mg_status run_parts(const mg_matmul_part *parts, int n_parts, const void 
     if (n_parts < 1 || n_parts > MG_TC_MAX_SEGS)
         return mg_error_set(MG_ERR_ARG, "matmul_multi: %d parts (1..%d)", n_parts, MG_TC_MAX_SEGS);
     if (n == 0) return MG_OK;
-    switch (choose(parts, n_parts, n, kernels, round_bf16)) {
+    switch (choose(parts, n_parts, kernels, round_bf16)) {
     case PATH_TC: {
         mg_cuda_mm_part p[MG_TC_MAX_SEGS];
         for (int i = 0; i < n_parts; i++)

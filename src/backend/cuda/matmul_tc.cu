@@ -100,14 +100,6 @@ __global__ void __launch_bounds__(SK_WARPS * 32) mm_skinny(mg_tc_args a) {
     const bool ok0 = f0 + g < sg.n, ok1 = f0 + g + 8 < sg.n;
     const bf16 *w0 = sg.w + (size_t)(ok0 ? f0 + g : 0) * K + 8 * t;
     const bf16 *w1 = sg.w + (size_t)(ok1 ? f0 + g + 8 : 0) * K + 8 * t;
-    /* The weights depend on no earlier kernel: this warp's first split
-     * starts streaming into L2 before the wait for the activations. */
-    for (int kb = (s_lo + warp) * KB_SPLIT; s_lo + warp < s_hi && kb < min((s_lo + warp + 1) * KB_SPLIT, nkb); kb++) {
-        prefetch_l2(w0 + (size_t)kb * 32);
-        prefetch_l2(w1 + (size_t)kb * 32);
-    }
-    mg_pdl_wait();
-    mg_pdl_release();
     const bf16 *xr[NT];
     bool okx[NT];
 #pragma unroll
@@ -276,8 +268,6 @@ template <int BM, int BN, int WM, int WN, int KS, int ST, bool SPLIT> constexpr 
  * ptxas picks 94 by itself); 0: ptxas' choice (80 split, 122-128 at 128). */
 template <int BM, int BN, int WM, int WN, int KS, int ST, bool SPLIT, typename TO>
 __global__ void __launch_bounds__(WM *WN * 32, (BM == 64 && !SPLIT) ? 3 : 0) mm_tiled(mg_tc_args a) {
-    mg_pdl_wait(); /* before touching what earlier kernels wrote or read */
-    mg_pdl_release();
     using TR = tl_traits<BM, BN, WM, WN, SPLIT>;
     constexpr int MT = TR::MT, NT = TR::NT, THREADS = TR::THREADS;
     constexpr bool TOT_SMEM = TR::TOT_SMEM;
@@ -533,9 +523,9 @@ static mg_status plan_split(mg_tc_args *a, int tiles, int tile_elems, int def_gp
 
 template <int NT, typename TO> static void skinny_nt(const mg_tc_args &a, dim3 grid) {
     if (mg_cuda.skinny_v2)
-        mg_launch(mm_skinny<NT, TO, true>, grid, SK_WARPS * 32, 0, a);
+        mm_skinny<NT, TO, true><<<grid, SK_WARPS * 32, 0, mg_cuda.stream>>>(a);
     else
-        mg_launch(mm_skinny<NT, TO, false>, grid, SK_WARPS * 32, 0, a);
+        mm_skinny<NT, TO, false><<<grid, SK_WARPS * 32, 0, mg_cuda.stream>>>(a);
 }
 
 template <typename TO> static mg_status launch_skinny(mg_tc_args *a, const mg_cuda_mm_part *parts, int n_parts,
@@ -571,7 +561,7 @@ static mg_status tiled_cfg(const mg_tc_args &a, dim3 grid) {
                                          (int)cudaSharedmemCarveoutMaxShared));
         attr_done = 1;
     }
-    mg_launch(mm_tiled<BM, BN, WM, WN, KS, ST, SPLIT, TO>, grid, WM * WN * 32, smem, a);
+    mm_tiled<BM, BN, WM, WN, KS, ST, SPLIT, TO><<<grid, WM * WN * 32, smem, mg_cuda.stream>>>(a);
     MG_CUDA_LAUNCHED("mm_tiled");
     return MG_OK;
 }

@@ -12,8 +12,6 @@ typedef struct {
 template <typename T, typename KV>
 __global__ void rope_kv_store_kernel(T *q, T *k, const T *v, KV *kc, KV *vc, const int32_t *positions,
                                      const int32_t *bt_off, const int32_t *bt, const float *inv_freq, rope_params p) {
-    mg_pdl_wait(); /* before touching what earlier kernels wrote or read */
-    mg_pdl_release();
     const int i = blockIdx.x, hd = p.head_dim, half = hd / 2;
     const int pos = positions[i];
     const float fpos = (float)pos;
@@ -50,7 +48,7 @@ __global__ void rope_kv_store_kernel(T *q, T *k, const T *v, KV *kc, KV *vc, con
 template <typename T, typename KV>
 static void launch(void *q, void *k, const void *v, mg_kv_pool *pool, const mg_cuda_rows *r, const float *inv_freq,
                    const rope_params &p, int n) {
-    mg_launch(rope_kv_store_kernel<T, KV>, n, 128, 0, (T *)q, (T *)k, (const T *)v, (KV *)pool->k,
+    rope_kv_store_kernel<T, KV><<<n, 128, 0, mg_cuda.stream>>>((T *)q, (T *)k, (const T *)v, (KV *)pool->k,
                                                                (KV *)pool->v, r->positions, r->bt_off, r->bt,
                                                                inv_freq, p);
 }
