@@ -2,6 +2,8 @@
  * reduction order every kernel and path shares. */
 #include <stdlib.h>
 
+#include <type_traits>
+
 #include "matmul_tc.cuh"
 
 /* Steps of the order in 32-column blocks. */
@@ -88,7 +90,7 @@ static __device__ __forceinline__ bool last_block_of_tile(unsigned *cnt, unsigne
  * same as without PRE.
  * grid (M tiles, weight tiles, K chunks): block z takes splits
  * [z * gpb * MG_TC_GROUP, (z + 1) * gpb * MG_TC_GROUP), whole groups. */
-template <int NT, typename TO, bool PRE>
+template <int NT, typename TO, bool PRE, bool GM>
 __global__ void __launch_bounds__(SK_WARPS * 32) mm_skinny(mg_tc_args a) {
     constexpr int ELEMS = NT * 4 * 32, PER_T = (ELEMS + SK_WARPS * 32 - 1) / (SK_WARPS * 32);
     __shared__ float part[SK_WARPS][NT * 4][32];
@@ -198,7 +200,7 @@ __global__ void __launch_bounds__(SK_WARPS * 32) mm_skinny(mg_tc_args a) {
                 /* s_hi is S or a group boundary: a group ends here. */
                 if ((sd + 1) % MG_TC_GROUP == 0 || sd + 1 == s_hi) {
                     int f, row;
-                    if (a.groups) {
+                    if (GM) {
                         if (out_at(q, f, row)) a.groups[((size_t)(sd / MG_TC_GROUP) * M + row) * sg.n + f] = grp[q];
                     } else if (gridDim.z > 1) {
                         if (out_at(q, f, row)) ws_at(sd / MG_TC_GROUP)[e] = grp[q];
@@ -211,7 +213,7 @@ __global__ void __launch_bounds__(SK_WARPS * 32) mm_skinny(mg_tc_args a) {
         }
         __syncthreads();
     }
-    if (a.groups) return; /* group mode: the group results are the output */
+    if (GM) return; /* group mode: the group results are the output */
     if (gridDim.z > 1) {
         if (!last_block_of_tile(a.cnt, blockIdx.y * gridDim.x + blockIdx.x)) return;
 #pragma unroll
@@ -266,7 +268,7 @@ template <int BM, int BN, int WM, int WN, int KS, int ST, bool SPLIT> constexpr 
  * block folds them; otherwise the block keeps the total and stores. */
 /* 3 blocks per SM for the unsplit 64-row kernel (80 registers, no spill;
  * ptxas picks 94 by itself); 0: ptxas' choice (80 split, 122-128 at 128). */
-template <int BM, int BN, int WM, int WN, int KS, int ST, bool SPLIT, typename TO>
+template <int BM, int BN, int WM, int WN, int KS, int ST, bool SPLIT, typename TO, bool GM>
 __global__ void __launch_bounds__(WM *WN * 32, (BM == 64 && !SPLIT) ? 3 : 0) mm_tiled(mg_tc_args a) {
     using TR = tl_traits<BM, BN, WM, WN, SPLIT>;
     constexpr int MT = TR::MT, NT = TR::NT, THREADS = TR::THREADS;
@@ -371,14 +373,14 @@ __global__ void __launch_bounds__(WM *WN * 32, (BM == 64 && !SPLIT) ? 3 : 0) mm_
                         }
             }
             if ((kb + 1) % KB_GROUP == 0 || kb + 1 == nkb) { /* group end: into the total / workspace */
-                float *wsp = SPLIT && !a.groups ? a.ws + ((size_t)(kb / KB_GROUP) * n_tiles + tile) * (BM * BN) : nullptr;
+                float *wsp = SPLIT && !GM ? a.ws + ((size_t)(kb / KB_GROUP) * n_tiles + tile) * (BM * BN) : nullptr;
 #pragma unroll
                 for (int i = 0; i < MT; i++)
 #pragma unroll
                     for (int j = 0; j < NT; j++)
 #pragma unroll
                         for (int c = 0; c < 4; c++) {
-                            if (a.groups) {
+                            if (GM) {
                                 if (f_of(i, c) < sg.n && row_of(j, c) < M)
                                     a.groups[((size_t)(kb / KB_GROUP) * M + row_of(j, c)) * sg.n + f_of(i, c)] =
                                         grp[i][j][c];
@@ -395,7 +397,7 @@ __global__ void __launch_bounds__(WM *WN * 32, (BM == 64 && !SPLIT) ? 3 : 0) mm_
         }
     }
     cp_async_wait<0>();
-    if (a.groups) return; /* group mode: the group results are the output */
+    if (GM) return; /* group mode: the group results are the output */
     if (SPLIT) {
         if (!last_block_of_tile(a.cnt, tile)) return;
         /* tot = ((+0 + G0) + G1) + ...: all of the tile's groups, in order. */
@@ -521,11 +523,18 @@ static mg_status plan_split(mg_tc_args *a, int tiles, int tile_elems, int def_gp
     return MG_OK;
 }
 
+/* Group mode (a.groups set, FP32 outputs only) is a separate instance, so
+ * the kernels of the ordinary matmul carry none of its code. */
 template <int NT, typename TO> static void skinny_nt(const mg_tc_args &a, dim3 grid) {
+    if constexpr (std::is_same<TO, float>::value)
+        if (a.groups) {
+            mm_skinny<NT, float, true, true><<<grid, SK_WARPS * 32, 0, mg_cuda.stream>>>(a);
+            return;
+        }
     if (mg_cuda.skinny_v2)
-        mm_skinny<NT, TO, true><<<grid, SK_WARPS * 32, 0, mg_cuda.stream>>>(a);
+        mm_skinny<NT, TO, true, false><<<grid, SK_WARPS * 32, 0, mg_cuda.stream>>>(a);
     else
-        mm_skinny<NT, TO, false><<<grid, SK_WARPS * 32, 0, mg_cuda.stream>>>(a);
+        mm_skinny<NT, TO, false, false><<<grid, SK_WARPS * 32, 0, mg_cuda.stream>>>(a);
 }
 
 template <typename TO> static mg_status launch_skinny(mg_tc_args *a, const mg_cuda_mm_part *parts, int n_parts,
@@ -548,20 +557,20 @@ template <typename TO> static mg_status launch_skinny(mg_tc_args *a, const mg_cu
 
 /* One tiled configuration; the dynamic shared memory limit is raised once
  * per kernel. */
-template <int BM, int BN, int WM, int WN, int KS, int ST, bool SPLIT, typename TO>
+template <int BM, int BN, int WM, int WN, int KS, int ST, bool SPLIT, typename TO, bool GM = false>
 static mg_status tiled_cfg(const mg_tc_args &a, dim3 grid) {
     constexpr size_t smem = tl_smem_bytes<BM, BN, WM, WN, KS, ST, SPLIT>();
     static int attr_done_dev[MG_CUDA_MAX_DEV]; /* per device: attributes are */
     int &attr_done = attr_done_dev[mg_cuda_dev];
     if (!attr_done) {
-        MG_CUDA_TRY(cudaFuncSetAttribute(mm_tiled<BM, BN, WM, WN, KS, ST, SPLIT, TO>,
+        MG_CUDA_TRY(cudaFuncSetAttribute(mm_tiled<BM, BN, WM, WN, KS, ST, SPLIT, TO, GM>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        MG_CUDA_TRY(cudaFuncSetAttribute(mm_tiled<BM, BN, WM, WN, KS, ST, SPLIT, TO>,
+        MG_CUDA_TRY(cudaFuncSetAttribute(mm_tiled<BM, BN, WM, WN, KS, ST, SPLIT, TO, GM>,
                                          cudaFuncAttributePreferredSharedMemoryCarveout,
                                          (int)cudaSharedmemCarveoutMaxShared));
         attr_done = 1;
     }
-    mm_tiled<BM, BN, WM, WN, KS, ST, SPLIT, TO><<<grid, WM * WN * 32, smem, mg_cuda.stream>>>(a);
+    mm_tiled<BM, BN, WM, WN, KS, ST, SPLIT, TO, GM><<<grid, WM * WN * 32, smem, mg_cuda.stream>>>(a);
     MG_CUDA_LAUNCHED("mm_tiled");
     return MG_OK;
 }
@@ -582,6 +591,10 @@ template <typename TO> static mg_status launch_tiled(mg_tc_args *a, const mg_cud
     dim3 grid(mg_div_up(M, 64), (unsigned)build_args(a, parts, n_parts, x, M, K, big ? 128 : 64));
     a->groups = groups;
     MG_TRY(plan_split(a, (int)(grid.x * grid.y), (big ? 128 : 64) * 64, 1, &grid.z));
+    if constexpr (std::is_same<TO, float>::value)
+        if (groups) /* SPLIT only selects the per-stage width here: group mode never folds */
+            return big ? tiled_cfg<128, 64, 4, 2, 2, 4, true, float, true>(*a, grid)
+                       : tiled_cfg<64, 64, 2, 4, 2, 4, true, float, true>(*a, grid);
     if (big)
         return grid.z > 1 ? tiled_cfg<128, 64, 4, 2, 2, 4, true, TO>(*a, grid)
                           : tiled_cfg<128, 64, 4, 2, 1, 4, false, TO>(*a, grid);
