@@ -279,18 +279,21 @@ static void cuda_weights_release(const mg_model *model) {
 /* Per device (RS: the calling thread's device). */
 typedef struct rows_state rows_state;
 
-/* Fast-path chunk length for a group whose longest row has `len`
- * positions, in a batch of `n_groups` groups: at most MG_ATTN_CHUNK, and
- * split finer when the batch is too small to fill the GPU (flash-decoding
- * style, so the order depends on the batch, as production kernels do). */
-static int fast_chunk_len(int len, int n_groups) {
-    int split = (len + MG_ATTN_CHUNK - 1) / MG_ATTN_CHUNK;
-    /* Blocks = items x kv heads; assume 8 kv heads, aim for two waves. */
-    int occ = (2 * mg_cuda.n_sm + 8 * n_groups - 1) / (8 * n_groups);
-    int finest = (len + 31) / 32;
-    if (occ > finest) occ = finest;
-    if (occ > split) split = occ;
-    return (len + split - 1) / split;
+/* Fast-path chunk length for a pass of `n_rows` rows: MG_ATTN_CHUNK,
+ * halved (down to 32) while the (row, chunk) items of 512-position rows
+ * would not fill the GPU twice over (flash-decoding style: the order
+ * depends on the batch size, as production kernels do). It depends on the
+ * pass's row count alone, never on a row's position, on its group-mates or
+ * on how many groups the rows form: a pass of a given shape computes each
+ * row the same way whatever else is in it, which LLM-42's fixed-shape
+ * verify pass relies on (a request verified early as a filler has its
+ * windows at other positions, next to padding rows). Chunks start at
+ * multiples of the length, from position 0. */
+static int fast_chunk_len(int n_rows) {
+    int cl = MG_ATTN_CHUNK;
+    /* Blocks = items x KV heads; assume 8 KV heads. */
+    while (cl > 32 && (long)n_rows * 8 * (512 / cl) < 2L * mg_cuda.n_sm) cl /= 2;
+    return cl;
 }
 
 /* The layout of the rows metadata: graphs recorded addresses inside it, so
@@ -400,7 +403,7 @@ static mg_status cuda_rows_prepare(mg_attn_rows *rows) {
             int r0 = groups[3 * gi], r1 = groups[3 * gi + 1], len = 1;
             for (int r = r0; r < r1; r++)
                 if (pos[r] + 1 > len) len = pos[r] + 1;
-            int cl = mode == MG_KERNELS_INVARIANT ? MG_ATTN_CHUNK : fast_chunk_len(len, n_groups);
+            int cl = mode == MG_KERNELS_INVARIANT ? MG_ATTN_CHUNK : fast_chunk_len(n);
             groups[3 * gi + 2] = cl;
             int chunks = (len + cl - 1) / cl;
             for (int c = 0; c < chunks; c++) {
