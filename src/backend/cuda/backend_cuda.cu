@@ -279,20 +279,21 @@ static void cuda_weights_release(const mg_model *model) {
 /* Per device (RS: the calling thread's device). */
 typedef struct rows_state rows_state;
 
-/* Fast-path chunk length for a pass of `n_rows` rows: MG_ATTN_CHUNK,
- * halved (down to 32) while the (row, chunk) items of 512-position rows
- * would not fill the GPU twice over (flash-decoding style: the order
- * depends on the batch size, as production kernels do). It depends on the
- * pass's row count alone, never on a row's position, on its group-mates or
- * on how many groups the rows form: a pass of a given shape computes each
- * row the same way whatever else is in it, which LLM-42's fixed-shape
- * verify pass relies on (a request verified early as a filler has its
- * windows at other positions, next to padding rows). Chunks start at
- * multiples of the length, from position 0. */
-static int fast_chunk_len(int n_rows) {
-    int cl = MG_ATTN_CHUNK;
+/* Fast-path chunk length of a row with `len` positions in a pass of
+ * `n_rows` rows: the power of two (32..MG_ATTN_CHUNK) nearest above len /
+ * target, target = the chunks per row that fill the GPU twice over
+ * (flash-decoding style: the order depends on the batch size, as production
+ * kernels do). It depends on the row's own length and the pass's row count
+ * only, and rows_prepare never groups rows of different lengths, so a row
+ * gets the same chunks (multiples of the length, from position 0) whatever
+ * its group-mates: a pass of a given shape computes each row the same way
+ * whatever else is in it, which LLM-42's fixed-shape verify pass relies on
+ * (a request verified early as a filler has its windows elsewhere). */
+static int fast_chunk_len(int len, int n_rows) {
     /* Blocks = items x KV heads; assume 8 KV heads. */
-    while (cl > 32 && (long)n_rows * 8 * (512 / cl) < 2L * mg_cuda.n_sm) cl /= 2;
+    const long target = (2L * mg_cuda.n_sm + 8L * n_rows - 1) / (8L * n_rows);
+    int cl = 32;
+    while (cl < MG_ATTN_CHUNK && (long)cl * target < len) cl *= 2;
     return cl;
 }
 
@@ -337,18 +338,10 @@ static mg_status cuda_rows_prepare(mg_attn_rows *rows) {
      * (n), n_items (1). Capacities are rounded up to powers of two so that
      * the offsets stay put from one decode step to the next. */
     size_t bt_total = 0;
-    int n_groups = 0, max_pos = 0;
+    int max_pos = 0;
     for (int i = 0; i < n; i++) {
         if (i == 0 || rows->seqs[i] != rows->seqs[i - 1]) bt_total += (size_t)rows->seqs[i]->n_blocks;
         if (rows->positions[i] > max_pos) max_pos = rows->positions[i];
-    }
-    /* Groups: consecutive rows of one sequence, at most MG_ATTN_QG rows. */
-    for (int i = 0, in_group = 0; i < n; i++) {
-        if (i == 0 || rows->seqs[i] != rows->seqs[i - 1] || in_group == MG_ATTN_QG) {
-            n_groups++;
-            in_group = 0;
-        }
-        in_group++;
     }
     /* Items per mode: chunks of each group's longest row; a row's chunks
      * (hence its partials) are at most pos / 32 + 1 in either mode. */
@@ -386,8 +379,13 @@ static mg_status cuda_rows_prepare(mg_attn_rows *rows) {
     for (int mode = 0; mode < 2; mode++) {
         int32_t *groups = h + cur;
         int g = 0;
+        /* Fast mode: a row of another chunk length starts a new group. */
+        auto chunk_of = [&](int i) {
+            return mode == MG_KERNELS_INVARIANT ? MG_ATTN_CHUNK : fast_chunk_len(pos[i] + 1, n);
+        };
         for (int i = 0, in_group = 0; i < n; i++) {
-            if (i == 0 || rows->seqs[i] != rows->seqs[i - 1] || in_group == MG_ATTN_QG) {
+            if (i == 0 || rows->seqs[i] != rows->seqs[i - 1] || in_group == MG_ATTN_QG ||
+                chunk_of(i) != chunk_of(groups[3 * (g - 1)])) {
                 groups[3 * g] = i;
                 g++;
                 in_group = 0;
@@ -399,11 +397,11 @@ static mg_status cuda_rows_prepare(mg_attn_rows *rows) {
         int n_items = 0;
         int32_t *nch = items + 2 * items_cap, *pbase = nch + n;
         int n_parts = 0;
-        for (int gi = 0; gi < n_groups; gi++) {
+        for (int gi = 0; gi < g; gi++) {
             int r0 = groups[3 * gi], r1 = groups[3 * gi + 1], len = 1;
             for (int r = r0; r < r1; r++)
                 if (pos[r] + 1 > len) len = pos[r] + 1;
-            int cl = mode == MG_KERNELS_INVARIANT ? MG_ATTN_CHUNK : fast_chunk_len(n);
+            const int cl = chunk_of(r0); /* every row of the group has this length */
             groups[3 * gi + 2] = cl;
             int chunks = (len + cl - 1) / cl;
             for (int c = 0; c < chunks; c++) {
@@ -423,7 +421,7 @@ static mg_status cuda_rows_prepare(mg_attn_rows *rows) {
         off[mode][2] = off[mode][1] + 2 * items_cap;
         off[mode][3] = off[mode][2] + n;
         off[mode][4] = off[mode][3] + n;
-        counts[mode][0] = n_groups;
+        counts[mode][0] = g;
         counts[mode][1] = n_items;
         counts[mode][2] = n_parts;
         cur = off[mode][4] + 1;
