@@ -73,10 +73,14 @@ static mg_status cuda_alloc(void **out, size_t bytes) {
     return MG_OK;
 }
 
+/* Freeing a buffer drops every recorded graph's claim to be current: a
+ * later pass may reuse a forward context's host address (the graph key)
+ * with new device buffers, and the graph recorded the old ones. */
 static void cuda_free(void *p) {
     if (!p) return;
     cudaStreamSynchronize(mg_cuda.stream);
     cudaFree(p);
+    mg_cuda.scratch_gen++;
 }
 
 static mg_status cuda_upload(void *dst, const void *src, size_t bytes) {
@@ -151,6 +155,7 @@ static weights_entry models_devs[MG_CUDA_MAX_DEV][MAX_MODELS]; /* per device */
 
 static void entry_free(weights_entry *e) {
     cudaStreamSynchronize(mg_cuda.stream);
+    mg_cuda.scratch_gen++; /* graphs recorded these weights (see cuda_free) */
     for (int i = 0; i < e->n_allocs; i++) cudaFree(e->allocs[i]);
     free(e->allocs);
     free(e->layers);
