@@ -142,12 +142,6 @@ static mg_status reserve_logits(mg_forward *fw, int m) {
     return MG_OK;
 }
 
-#define TRY(call)                                                                                            \
-    do {                                                                                                     \
-        mg_status st_ = (call);                                                                              \
-        if (st_ != MG_OK) return st_;                                                                        \
-    } while (0)
-
 /* One forward pass's device work, from the embedding to the argmax. */
 typedef struct {
     mg_forward *fw;
@@ -174,30 +168,30 @@ static mg_status issue_pass(void *ctx) {
     const size_t dim = (size_t)c->dim, row_bytes = dim * ops->act_size(rb);
     const float eps = c->norm_eps;
 
-    TRY(ops->embed(fw->x, &w->tok_embed, rows, rb));
-    TRY(ops->rmsnorm(fw->xb, fw->x, w->layers[0].attn_norm, n, c->dim, eps, rb));
+    MG_TRY(ops->embed(fw->x, &w->tok_embed, rows, rb));
+    MG_TRY(ops->rmsnorm(fw->xb, fw->x, w->layers[0].attn_norm, n, c->dim, eps, rb));
     for (int l = 0; l < L; l++) {
         const mg_layer_weights *lw = &w->layers[l];
         /* attention block */
         const mg_matmul_part qkv[3] = {{fw->q, &lw->wq, lw->bq}, {fw->k, &lw->wk, lw->bk}, {fw->v, &lw->wv, lw->bv}};
-        TRY(ops->matmul_multi(qkv, 3, fw->xb, n, kernels, rb));
-        TRY(ops->rope_kv_store(fw->q, fw->k, fw->v, pool, l, rows, c->n_heads, fw->inv_freq, rb));
-        TRY(ops->attention(fw->att, fw->q, pool, l, rows, c->n_heads, kernels, rb));
-        TRY(ops->matmul(fw->proj, fw->att, &lw->wo, lw->bo, n, kernels, rb));
-        TRY(ops->add_rmsnorm(fw->x, fw->proj, fw->xb, lw->mlp_norm, n, c->dim, eps, rb));
+        MG_TRY(ops->matmul_multi(qkv, 3, fw->xb, n, kernels, rb));
+        MG_TRY(ops->rope_kv_store(fw->q, fw->k, fw->v, pool, l, rows, c->n_heads, fw->inv_freq, rb));
+        MG_TRY(ops->attention(fw->att, fw->q, pool, l, rows, c->n_heads, kernels, rb));
+        MG_TRY(ops->matmul(fw->proj, fw->att, &lw->wo, lw->bo, n, kernels, rb));
+        MG_TRY(ops->add_rmsnorm(fw->x, fw->proj, fw->xb, lw->mlp_norm, n, c->dim, eps, rb));
         /* MLP block */
         const mg_matmul_part gate_up[2] = {{fw->gate, &lw->w_gate, NULL}, {fw->up, &lw->w_up, NULL}};
-        TRY(ops->matmul_multi(gate_up, 2, fw->xb, n, kernels, rb));
-        TRY(ops->swiglu(fw->gate, fw->gate, fw->up, (size_t)n * c->hidden_dim, rb));
-        TRY(ops->matmul(fw->proj, fw->gate, &lw->w_down, NULL, n, kernels, rb));
+        MG_TRY(ops->matmul_multi(gate_up, 2, fw->xb, n, kernels, rb));
+        MG_TRY(ops->swiglu(fw->gate, fw->gate, fw->up, (size_t)n * c->hidden_dim, rb));
+        MG_TRY(ops->matmul(fw->proj, fw->gate, &lw->w_down, NULL, n, kernels, rb));
         /* The residual add, fused with the next norm: the next layer's
          * attention norm, or the final norm when every row wants logits. */
         if (l + 1 < L)
-            TRY(ops->add_rmsnorm(fw->x, fw->proj, fw->xb, w->layers[l + 1].attn_norm, n, c->dim, eps, rb));
+            MG_TRY(ops->add_rmsnorm(fw->x, fw->proj, fw->xb, w->layers[l + 1].attn_norm, n, c->dim, eps, rb));
         else if (all_want)
-            TRY(ops->add_rmsnorm(fw->x, fw->proj, fw->last, w->final_norm, n, c->dim, eps, rb));
+            MG_TRY(ops->add_rmsnorm(fw->x, fw->proj, fw->last, w->final_norm, n, c->dim, eps, rb));
         else
-            TRY(ops->add(fw->x, fw->proj, (size_t)n * dim, rb));
+            MG_TRY(ops->add(fw->x, fw->proj, (size_t)n * dim, rb));
     }
     /* Final norm (unless fused above) and LM head on the rows that want
      * logits only, packed in row order; each run of consecutive wanted rows
@@ -210,14 +204,14 @@ static mg_status issue_pass(void *ctx) {
         }
         int j = i;
         while (j < n && b->want_logits[j]) j++;
-        TRY(ops->rmsnorm((char *)fw->last + (size_t)m * row_bytes, (const char *)fw->x + (size_t)i * row_bytes,
+        MG_TRY(ops->rmsnorm((char *)fw->last + (size_t)m * row_bytes, (const char *)fw->x + (size_t)i * row_bytes,
                          w->final_norm, j - i, c->dim, eps, rb));
         m += j - i;
         i = j;
     }
     if (m == 0) return MG_OK;
-    TRY(ops->logits(fw->logits, fw->last, &w->lm_head, m, kernels, rb));
-    if (pc->argmax) TRY(ops->argmax(fw->argmax, fw->logits, m, c->vocab_size));
+    MG_TRY(ops->logits(fw->logits, fw->last, &w->lm_head, m, kernels, rb));
+    if (pc->argmax) MG_TRY(ops->argmax(fw->argmax, fw->logits, m, c->vocab_size));
     return MG_OK;
 }
 
@@ -229,7 +223,7 @@ typedef struct {
 
 mg_status mg_forward_run_ex(mg_forward *fw, mg_kv_pool *pool, const mg_batch *b, mg_kernels kernels,
                             mg_act_precision precision, const mg_forward_out *out) {
-    TRY(check_batch(fw, b));
+    MG_TRY(check_batch(fw, b));
     if (pool->ops != fw->ops)
         return mg_error_set(MG_ERR_ARG, "the KV pool lives on the %s backend, the forward pass runs on %s",
                             pool->ops ? pool->ops->name : "no", fw->ops->name);
@@ -239,8 +233,8 @@ mg_status mg_forward_run_ex(mg_forward *fw, mg_kv_pool *pool, const mg_batch *b,
     int m = 0;
     for (int i = 0; i < n; i++) m += !b->want_logits || b->want_logits[i];
     mg_attn_rows rows = {.n_rows = n, .tokens = b->tokens, .positions = b->positions, .seqs = b->seqs};
-    TRY(ops->rows_prepare(&rows));
-    if (m > 0) TRY(reserve_logits(fw, m));
+    MG_TRY(ops->rows_prepare(&rows));
+    if (m > 0) MG_TRY(reserve_logits(fw, m));
     pass_ctx pc = {.fw = fw, .pool = pool, .b = b, .rows = &rows, .kernels = kernels, .precision = precision,
                    .all_want = m == n, .argmax = out->argmax != NULL};
     /* Decode-shaped passes (every row wants logits) go through the
@@ -257,16 +251,16 @@ mg_status mg_forward_run_ex(mg_forward *fw, mg_kv_pool *pool, const mg_batch *b,
         key.precision = (int)precision;
         key.all_want = pc.all_want;
         key.argmax_wanted = pc.argmax;
-        TRY(ops->graph_run(&key, sizeof key, issue_pass, &pc));
+        MG_TRY(ops->graph_run(&key, sizeof key, issue_pass, &pc));
     } else if (ops->graph_run) {
-        TRY(ops->graph_run(NULL, 0, issue_pass, &pc)); /* no key: run directly (on every rank) */
+        MG_TRY(ops->graph_run(NULL, 0, issue_pass, &pc)); /* no key: run directly (on every rank) */
     } else {
-        TRY(issue_pass(&pc));
+        MG_TRY(issue_pass(&pc));
     }
     if (m == 0) return MG_OK;
     const size_t vocab = (size_t)c->vocab_size;
-    if (out->argmax) TRY(ops->download(out->argmax, fw->argmax, (size_t)m * sizeof(mg_argmax)));
-    if (out->logits) TRY(ops->download(out->logits, fw->logits, (size_t)m * vocab * sizeof(float)));
+    if (out->argmax) MG_TRY(ops->download(out->argmax, fw->argmax, (size_t)m * sizeof(mg_argmax)));
+    if (out->logits) MG_TRY(ops->download(out->logits, fw->logits, (size_t)m * vocab * sizeof(float)));
     return MG_OK;
 }
 

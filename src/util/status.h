@@ -33,4 +33,12 @@ const char *mg_error_last(void);
 /* Clears the calling thread's last error message. */
 void mg_error_clear(void);
 
+/* Evaluates a call returning mg_status and returns its status from the
+ * enclosing function when it is not MG_OK. */
+#define MG_TRY(call)                                                                                         \
+    do {                                                                                                     \
+        mg_status mg_s_ = (call);                                                                            \
+        if (mg_s_ != MG_OK) return mg_s_;                                                                    \
+    } while (0)
+
 #endif

@@ -39,12 +39,6 @@ mg_status mg_cuda_fail(cudaError_t err, const char *what, const char *file, int 
         if (mg_e_ != cudaSuccess) return mg_cuda_fail(mg_e_, "launch of " name, __FILE__, __LINE__);         \
     } while (0)
 
-/* Propagates a non-OK mg_status. */
-#define MG_TRY(call)                                                                                         \
-    do {                                                                                                     \
-        mg_status mg_s_ = (call);                                                                            \
-        if (mg_s_ != MG_OK) return mg_s_;                                                                    \
-    } while (0)
 
 /* The backend context, one per device. A thread works on device
  * mg_cuda_dev (0 unless it called mg_backend_cuda_on: tensor-parallel rank

@@ -9,12 +9,6 @@
 
 #include "tp_internal.h"
 
-#define TRY(call)                                                                                            \
-    do {                                                                                                     \
-        mg_status st_ = (call);                                                                              \
-        if (st_ != MG_OK) return st_;                                                                        \
-    } while (0)
-
 /* One allocation. Replicated: rank 0's pointer is the handle. kv: split by
  * KV head (each rank holds bytes / n); the handle is a reserved range of
  * `bytes` addresses with no memory behind it (mmap PROT_NONE), so that
@@ -152,14 +146,20 @@ static void *at_rank(const void *p, int r) {
     return (char *)rec->ptr[r] + (rec->kv ? off / (size_t)T.n : off);
 }
 
+/* Makes room for one more element in a growable array (*arr, n used of
+ * *cap, `elem` bytes each). */
+static mg_status room_for_one(void **arr, int n, int *cap, size_t elem, const char *what) {
+    if (n < *cap) return MG_OK;
+    const int grown = *cap ? 2 * *cap : 64;
+    void *a = realloc(*arr, (size_t)grown * elem);
+    if (!a) return mg_error_set(MG_ERR_OOM, "cannot grow the tensor-parallel %s table", what);
+    *arr = a;
+    *cap = grown;
+    return MG_OK;
+}
+
 static mg_status rec_insert(const alloc_rec *rec) {
-    if (T.n_recs == T.cap_recs) {
-        int cap = T.cap_recs ? 2 * T.cap_recs : 64;
-        alloc_rec *a = realloc(T.recs, (size_t)cap * sizeof *a);
-        if (!a) return mg_error_set(MG_ERR_OOM, "cannot grow the tensor-parallel allocation table");
-        T.recs = a;
-        T.cap_recs = cap;
-    }
+    MG_TRY(room_for_one((void **)&T.recs, T.n_recs, &T.cap_recs, sizeof *T.recs, "allocation"));
     int i = T.n_recs;
     while (i > 0 && T.recs[i - 1].base0 > rec->base0) {
         T.recs[i] = T.recs[i - 1];
@@ -291,13 +291,7 @@ static size_t tp_act_size(int round_bf16) { return T.base[0]->act_size(round_bf1
 
 static mg_status vec_add(const float *key, const float *const ptr[]) {
     if (!key) return MG_OK;
-    if (T.n_vecs == T.cap_vecs) {
-        int cap = T.cap_vecs ? 2 * T.cap_vecs : 256;
-        vec_rec *v = realloc(T.vecs, (size_t)cap * sizeof *v);
-        if (!v) return mg_error_set(MG_ERR_OOM, "cannot grow the tensor-parallel weight table");
-        T.vecs = v;
-        T.cap_vecs = cap;
-    }
+    MG_TRY(room_for_one((void **)&T.vecs, T.n_vecs, &T.cap_vecs, sizeof *T.vecs, "weight"));
     int i = T.n_vecs;
     while (i > 0 && (uintptr_t)T.vecs[i - 1].key > (uintptr_t)key) {
         T.vecs[i] = T.vecs[i - 1];
@@ -491,7 +485,7 @@ static mg_status tp_weights_acquire(const mg_weights **out, const mg_model *mode
             *out = &T.models[i].vm;
             return MG_OK;
         }
-    TRY(check_splittable(&model->config, T.n));
+    MG_TRY(check_splittable(&model->config, T.n));
     model_rec *m = NULL;
     for (int i = 0; i < MAX_MODELS && !m; i++)
         if (!T.models[i].model) m = &T.models[i];
@@ -547,13 +541,13 @@ static void tp_weights_release(const mg_model *model) {
 static mg_status rows_on(int r, void *arg) {
     mg_attn_rows local = *(const mg_attn_rows *)arg;
     local.dev = NULL;
-    TRY(T.base[r]->rows_prepare(&local));
+    MG_TRY(T.base[r]->rows_prepare(&local));
     T.rows_dev[r] = local.dev;
     return MG_OK;
 }
 
 static mg_status tp_rows_prepare(mg_attn_rows *rows) {
-    TRY(run_all(rows_on, rows));
+    MG_TRY(run_all(rows_on, rows));
     rows->dev = T.rows_dev[0];
     return MG_OK;
 }
@@ -618,7 +612,7 @@ static mg_status scratch(int r, int kind, size_t bytes, float **out) {
         T.scratch[r][kind] = NULL;
         T.scratch_bytes[r][kind] = 0;
         const size_t grown = bytes + bytes / 2;
-        TRY(T.base[r]->alloc(&T.scratch[r][kind], grown));
+        MG_TRY(T.base[r]->alloc(&T.scratch[r][kind], grown));
         T.scratch_bytes[r][kind] = grown;
     }
     *out = T.scratch[r][kind];
@@ -627,7 +621,7 @@ static mg_status scratch(int r, int kind, size_t bytes, float **out) {
 
 static mg_status tp_embed(void *out, const mg_matrix *table, const mg_attn_rows *rows, int rb) {
     int r;
-    TRY(worker_rank(&r));
+    MG_TRY(worker_rank(&r));
     const mg_matrix *t;
     if (matrix_at(table, r, &t) != W_REPLICATED) return mg_error_set(MG_ERR_ARG, "embed: not the model's table");
     const mg_attn_rows local = rows_at(rows, r);
@@ -636,14 +630,14 @@ static mg_status tp_embed(void *out, const mg_matrix *table, const mg_attn_rows 
 
 static mg_status tp_rmsnorm(void *out, const void *in, const float *weight, int n, int dim, float eps, int rb) {
     int r;
-    TRY(worker_rank(&r));
+    MG_TRY(worker_rank(&r));
     return T.base[r]->rmsnorm(at_rank(out, r), at_rank(in, r), vec_at(weight, r), n, dim, eps, rb);
 }
 
 static mg_status tp_add_rmsnorm(void *x, const void *y, void *out, const float *weight, int n, int dim, float eps,
                                 int rb) {
     int r;
-    TRY(worker_rank(&r));
+    MG_TRY(worker_rank(&r));
     return T.base[r]->add_rmsnorm(at_rank(x, r), at_rank(y, r), at_rank(out, r), vec_at(weight, r), n, dim, eps, rb);
 }
 
@@ -655,9 +649,9 @@ static mg_status row_parallel(int r, void *out, const void *in, const mg_matrix 
     const size_t count = (size_t)n * (size_t)w->rows;
     float *own, *all;
     if (kernels == MG_KERNELS_FAST) {
-        TRY(scratch(r, 0, count * sizeof(float), &own));
-        TRY(b->logits(own, in, w, n, MG_KERNELS_FAST, rb));
-        TRY(allreduce(r, own, count));
+        MG_TRY(scratch(r, 0, count * sizeof(float), &own));
+        MG_TRY(b->logits(own, in, w, n, MG_KERNELS_FAST, rb));
+        MG_TRY(allreduce(r, own, count));
         return b->fold(out, own, 1, count, rb);
     }
     if (!b->matmul_groups)
@@ -665,17 +659,17 @@ static mg_status row_parallel(int r, void *out, const void *in, const mg_matrix 
                             b->name);
     const int groups = (w->cols + MG_MATMUL_GROUP - 1) / MG_MATMUL_GROUP;
     const size_t bytes = (size_t)groups * count * sizeof(float);
-    TRY(scratch(r, 0, bytes, &own));
-    TRY(scratch(r, 1, bytes * (size_t)T.n, &all));
-    TRY(b->matmul_groups(own, in, w, n, rb));
-    TRY(allgather(r, own, all, bytes));
+    MG_TRY(scratch(r, 0, bytes, &own));
+    MG_TRY(scratch(r, 1, bytes * (size_t)T.n, &all));
+    MG_TRY(b->matmul_groups(own, in, w, n, rb));
+    MG_TRY(allgather(r, own, all, bytes));
     return b->fold(out, all, groups * T.n, count, rb);
 }
 
 static mg_status tp_matmul(void *out, const void *in, const mg_matrix *w, const float *bias, int n,
                            mg_kernels kernels, int rb) {
     int r;
-    TRY(worker_rank(&r));
+    MG_TRY(worker_rank(&r));
     const mg_matrix *wr;
     const w_kind kind = matrix_at(w, r, &wr);
     if (kind == W_ROW) {
@@ -689,7 +683,7 @@ static mg_status tp_matmul(void *out, const void *in, const mg_matrix *w, const 
 static mg_status tp_matmul_multi(const mg_matmul_part *parts, int n_parts, const void *in, int n, mg_kernels kernels,
                                  int rb) {
     int r;
-    TRY(worker_rank(&r));
+    MG_TRY(worker_rank(&r));
     mg_matmul_part local[4];
     if (n_parts < 1 || n_parts > 4) return mg_error_set(MG_ERR_ARG, "matmul_multi of %d parts", n_parts);
     for (int i = 0; i < n_parts; i++) {
@@ -705,19 +699,19 @@ static mg_status tp_matmul_multi(const mg_matmul_part *parts, int n_parts, const
  * all-gathered, then laid out as (n, vocab). */
 static mg_status tp_logits(float *out, const void *in, const mg_matrix *w, int n, mg_kernels kernels, int rb) {
     int r;
-    TRY(worker_rank(&r));
+    MG_TRY(worker_rank(&r));
     const mg_matrix *wr;
     if (matrix_at(w, r, &wr) != W_VOCAB) return mg_error_set(MG_ERR_ARG, "tensor-parallel logits of a non-LM-head");
     const mg_backend_ops *b = T.base[r];
     const size_t vl = (size_t)wr->rows, count = (size_t)n * vl, bytes = count * sizeof(float);
     float *own, *all, *dst = at_rank(out, r);
-    TRY(scratch(r, 0, bytes, &own));
-    TRY(b->logits(own, at_rank(in, r), wr, n, kernels, rb));
+    MG_TRY(scratch(r, 0, bytes, &own));
+    MG_TRY(b->logits(own, at_rank(in, r), wr, n, kernels, rb));
     if (n == 1) return allgather(r, own, dst, bytes); /* already (1, vocab) */
-    TRY(scratch(r, 1, bytes * (size_t)T.n, &all));
-    TRY(allgather(r, own, all, bytes));
+    MG_TRY(scratch(r, 1, bytes * (size_t)T.n, &all));
+    MG_TRY(allgather(r, own, all, bytes));
     for (int q = 0; q < T.n; q++)
-        TRY(b->copy2d(dst + (size_t)q * vl, (size_t)T.n * vl * sizeof(float), all + (size_t)q * count,
+        MG_TRY(b->copy2d(dst + (size_t)q * vl, (size_t)T.n * vl * sizeof(float), all + (size_t)q * count,
                       vl * sizeof(float), vl * sizeof(float), (size_t)n));
     return MG_OK;
 }
@@ -725,7 +719,7 @@ static mg_status tp_logits(float *out, const void *in, const mg_matrix *w, int n
 static mg_status tp_rope_kv_store(void *q, void *k, const void *v, mg_kv_pool *pool, int layer,
                                   const mg_attn_rows *rows, int n_heads, const float *inv_freq, int rb) {
     int r;
-    TRY(worker_rank(&r));
+    MG_TRY(worker_rank(&r));
     mg_kv_pool local = pool_at(pool, r);
     const mg_attn_rows lrows = rows_at(rows, r);
     return T.base[r]->rope_kv_store(at_rank(q, r), at_rank(k, r), at_rank(v, r), &local, layer, &lrows,
@@ -735,7 +729,7 @@ static mg_status tp_rope_kv_store(void *q, void *k, const void *v, mg_kv_pool *p
 static mg_status tp_attention(void *out, const void *q, const mg_kv_pool *pool, int layer, const mg_attn_rows *rows,
                               int n_heads, mg_kernels kernels, int rb) {
     int r;
-    TRY(worker_rank(&r));
+    MG_TRY(worker_rank(&r));
     const mg_kv_pool local = pool_at(pool, r);
     const mg_attn_rows lrows = rows_at(rows, r);
     return T.base[r]->attention(at_rank(out, r), at_rank(q, r), &local, layer, &lrows, n_heads / T.n, kernels, rb);
@@ -743,20 +737,20 @@ static mg_status tp_attention(void *out, const void *q, const mg_kv_pool *pool, 
 
 static mg_status tp_add(void *x, const void *y, size_t n, int rb) {
     int r;
-    TRY(worker_rank(&r));
+    MG_TRY(worker_rank(&r));
     return T.base[r]->add(at_rank(x, r), at_rank(y, r), n, rb);
 }
 
 /* SwiGLU runs on the rank's FFN slice: n counts the whole model's values. */
 static mg_status tp_swiglu(void *out, const void *gate, const void *up, size_t n, int rb) {
     int r;
-    TRY(worker_rank(&r));
+    MG_TRY(worker_rank(&r));
     return T.base[r]->swiglu(at_rank(out, r), at_rank(gate, r), at_rank(up, r), n / (size_t)T.n, rb);
 }
 
 static mg_status tp_argmax(mg_argmax *out, const float *logits, int n, int vocab) {
     int r;
-    TRY(worker_rank(&r));
+    MG_TRY(worker_rank(&r));
     return T.base[r]->argmax(at_rank(out, r), at_rank(logits, r), n, vocab);
 }
 
