@@ -15,7 +15,8 @@
 # Prepare here: tools/gpu-prep.sh; on the device, carrying gpu-carry:
 #   OUT=$OUT tools/gpu-tp.sh
 # Environment: MG_TP_BUDGET_S (default 560) seconds by which every step must end;
-# MG_TP_BATCHES (default 1,8,32,64), MG_TP_CTX (default 512).
+# MG_TP_BATCHES (default 1,8,32,64), MG_TP_CTX (default 512); MG_TP_TESTS_ONLY=1: the checks
+# only (8B checkpoint, no benchmarks, no 14B: about 4 minutes).
 set -u
 cd "$(dirname "$0")/.." || exit 1
 START=$(date +%s)
@@ -61,7 +62,8 @@ make_ckpt() { # DIR ARGS...
         --out "$dir" && touch "$dir/.complete"
 }
 (make_ckpt $CK8 --preset llama-3.1-8b > "$W/ck8.log" 2>&1; echo $? > "$W/ck8.rc") &
-(make_ckpt $CK14 --preset qwen2.5-14b > "$W/ck14.log" 2>&1; echo $? > "$W/ck14.rc") &
+TESTS_ONLY=${MG_TP_TESTS_ONLY:-0}
+[ "$TESTS_ONLY" = 1 ] || (make_ckpt $CK14 --preset qwen2.5-14b > "$W/ck14.log" 2>&1; echo $? > "$W/ck14.rc") &
 wait_ckpt() { # NAME -> 0 when ready
     while [ ! -f "$W/$1.rc" ] && [ "$(left)" -gt 10 ]; do sleep 2; done
     [ -f "$W/$1.rc" ] && [ "$(cat "$W/$1.rc")" = 0 ]
@@ -113,17 +115,22 @@ if wait_ckpt ck8; then
     if [ -n "$ids1" ] && [ "$ids1" = "$ids2" ]; then stage generate PASS "32 tokens equal on 1 and 2 GPUs (invariant)"
     else stage generate FAIL "1 GPU: ${ids1:0:80} / 2 GPUs: ${ids2:0:80} ($(tail -n 1 "$W/gen2.log" | cut -c1-120))"; fi
     for tp in 1 2; do
+        [ "$TESTS_ONLY" = 1 ] && break
         boxed 120 "$W/b8-tp$tp.md" $B/cuda_bench -m $CK8 --tensor-parallel $tp --batch "$BATCHES" --ctx "$CTX" \
             --prefill 2048
         stage "bench-8b" "$([ $RC = 0 ] && echo PASS || echo FAIL)" "tp $tp (rc $RC)"
     done
-    MG_TP_SKIP_COMM=1 boxed 120 "$W/b8-tp2-nocomm.md" $B/cuda_bench -m $CK8 --tensor-parallel 2 --batch "$BATCHES" \
-        --ctx "$CTX" --prefill 0
-    stage "bench-8b" "$([ $RC = 0 ] && echo PASS || echo FAIL)" "tp 2, collectives skipped (rc $RC)"
+    if [ "$TESTS_ONLY" != 1 ]; then
+        MG_TP_SKIP_COMM=1 boxed 120 "$W/b8-tp2-nocomm.md" $B/cuda_bench -m $CK8 --tensor-parallel 2 \
+            --batch "$BATCHES" --ctx "$CTX" --prefill 0
+        stage "bench-8b" "$([ $RC = 0 ] && echo PASS || echo FAIL)" "tp 2, collectives skipped (rc $RC)"
+    fi
 else
     stage ckpt-8b FAIL "$(tail -n 2 "$W/ck8.log" | xargs)"
 fi
-if wait_ckpt ck14; then
+if [ "$TESTS_ONLY" = 1 ]; then
+    stage bench-14b SKIP "MG_TP_TESTS_ONLY=1"
+elif wait_ckpt ck14; then
     stage ckpt-14b PASS "$CK14 ($(du -sh $CK14 | cut -f1), ready at $(el)s)"
     boxed 150 "$W/b14-tp2.md" $B/cuda_bench -m $CK14 --tensor-parallel 2 --batch "$BATCHES" --ctx "$CTX" --prefill 2048
     stage "bench-14b" "$([ $RC = 0 ] && echo PASS || echo FAIL)" "tp 2 (rc $RC)"
