@@ -259,4 +259,19 @@ Test(cli, tensor_parallel_cpu_ranks_and_errors) {
     cr_assert_eq(r.rc, 1, "%s", r.err);
     cr_assert(strstr(r.err, "tensor parallel 3: the model's attention heads (8) do not split evenly"), "%s", r.err);
     cr_assert_null(strchr(strchr(r.err, '\n') + 1, '\n'), "one line: %s", r.err);
+    /* flips, calibrate and bench on 2 ranks name the split device. */
+    char data[1024], out[128], cfg[128], rm[256];
+    device_paths(model, sizeof model, data, sizeof data, out, sizeof out, cfg, sizeof cfg);
+    snprintf(rm, sizeof rm, "rm -rf '%s'", out);
+    r = *run_device_cmd(1, "cpu --tensor-parallel 2", model, data, out, cfg); /* flips */
+    int rm_rc = system(rm);
+    cr_assert_eq(r.rc, 0, "%s", r.err);
+    cr_assert_eq(rm_rc, 0);
+    cr_assert(strstr(r.out, ", device cpu-tp2, "), "%s", r.out);
+    r = *run_device_cmd(2, "cpu --tensor-parallel 2", model, data, out, cfg); /* calibrate */
+    cr_assert_eq(r.rc, 0, "%s", r.err);
+    cr_assert(strstr(r.out, ", device cpu-tp2: "), "%s", r.out);
+    r = *run_device_cmd(3, "cpu --tensor-parallel 2", model, data, out, cfg); /* bench */
+    cr_assert_eq(r.rc, 0, "%s", r.err);
+    cr_assert(strstr(r.out, " | device cpu-tp2 | "), "%s", r.out);
 }

@@ -582,3 +582,33 @@ Test(server_text, stop_strings_never_leak) {
     free(ids);
     mg_tokenizer_free(tok);
 }
+
+/* The server on 2 CPU tensor-parallel ranks: every mode answers, the same
+ * invariant request twice gives the same text, and the KV cache (split by
+ * KV head over the ranks) is empty again afterwards. */
+Test(server_api, tensor_parallel_cpu_ranks) {
+    test_server s;
+    server_start(&s, "--device cpu --tensor-parallel 2");
+    const char *modes[] = {"off", "invariant", "llm42", "margingate"};
+    char req[512];
+    for (int i = 0; i < 4; i++) {
+        snprintf(req, sizeof req,
+                 "{\"prompt\": \"Once upon a time\", \"max_tokens\": 6, \"temperature\": 0, \"determinism\": \"%s\", "
+                 "\"ignore_eos\": true}",
+                 modes[i]);
+        cJSON *o = parse_ok(server_curl_post(&s, "/v1/completions", req, NULL));
+        check_usage(o, 6);
+        check_determinism(o, modes[i]);
+        cJSON_Delete(o);
+    }
+    snprintf(req, sizeof req,
+             "{\"prompt\": \"Once upon a time\", \"max_tokens\": 8, \"temperature\": 0, \"determinism\": \"invariant\", "
+             "\"ignore_eos\": true}");
+    cJSON *a = parse_ok(server_curl_post(&s, "/v1/completions", req, NULL));
+    cJSON *b = parse_ok(server_curl_post(&s, "/v1/completions", req, NULL));
+    cr_assert_str_eq(jstr(a, "choices.0.text"), jstr(b, "choices.0.text"));
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+    cr_assert_eq(server_metric(&s, "margingate_kv_cache_blocks_used"), 0);
+    server_stop_clean(&s);
+}
