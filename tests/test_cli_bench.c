@@ -212,6 +212,18 @@ Test(cli_bench, device_cpu_named_in_table_and_json) {
     remove(json);
     cr_assert_str_eq(cJSON_GetObjectItem(o, "device")->valuestring, "cpu");
     cJSON_Delete(o);
+    /* --kv-mb sizes the pool: 1 MiB holds 8 requests of 10 positions, and
+     * the JSON records it. */
+    snprintf(cmd, sizeof cmd,
+             BIN " bench -m %s --device cpu --batch 8 --new 2 --modes off --prompt-len 8 --prefill-len 0"
+                 " --threads 1 --kv-mb 1 --json %s",
+             model, json);
+    r = run_cmd(cmd);
+    cr_assert_eq(r->rc, 0, "%s", r->err);
+    o = read_json(json);
+    remove(json);
+    cr_assert_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(o, "config"), "kv_mib")->valueint, 1);
+    cJSON_Delete(o);
 }
 
 Test(cli_bench, dataset_prompts) {
@@ -229,7 +241,8 @@ Test(cli_bench, dataset_prompts) {
 Test(cli_bench, bad_flags_and_missing_model) {
     const char *bad[] = {"--batch 0", "--batch 1,x", "--modes off,fast", "--modes off,off", "--new 1",
                          "--tau -1", "--prompt-len 0", "--llm42-window 0", "--clock gpu", "--device tpu",
-                         "--device", "--frobnicate", "extra"};
+                         "--device", "--frobnicate", "extra", "--kv-mb 0", "--llm42-kernels slow",
+                         "--tensor-parallel 0"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         char cmd[256];
         snprintf(cmd, sizeof cmd, BIN " bench -m /nonexistent %s", bad[i]);
@@ -237,7 +250,9 @@ Test(cli_bench, bad_flags_and_missing_model) {
         cr_assert_eq(r->rc, 2, "%s: rc %d", bad[i], r->rc);
         cr_assert(r->err[0], "%s: an error message is expected", bad[i]);
     }
-    cmd_result *r = run_cmd(BIN " bench -m /nonexistent/model --batch 1");
+    cmd_result *r = run_cmd(BIN " bench -m /nonexistent --kv-mb 0");
+    cr_assert_str_eq(r->err, "margingate bench: invalid value '0' for --kv-mb\n");
+    r = run_cmd(BIN " bench -m /nonexistent/model --batch 1");
     cr_assert_eq(r->rc, 1);
     cr_assert(strstr(r->err, "/nonexistent/model") && strstr(r->err, "-m"), "%s", r->err);
     cr_assert_eq(strchr(r->err, '\n'), r->err + strlen(r->err) - 1, "one line expected: %s", r->err);

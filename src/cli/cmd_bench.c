@@ -50,6 +50,8 @@ static void usage(FILE *f) {
             "  --tau T              MarginGate margin threshold (default 0.5)\n"
             "  --llm42-window W     LLM-42 tokens per verify entry (default 64)\n"
             "  --llm42-group B      LLM-42 entries per verify pass (default 8)\n"
+            "  --kv-mb N            KV cache pool in MiB per engine (default 256; over all GPUs\n"
+            "                       with --tensor-parallel)\n"
             "  --llm42-kernels K    fast (default, as the paper) or invariant: LLM-42's prefill and\n"
             "                       verify kernels (invariant: same tokens for any --tensor-parallel)\n"
             "  --dataset NAME|FILE  prompts from gsm8k, math500, humaneval, sharegpt (in\n"
@@ -422,6 +424,7 @@ static int write_json(const char *path, const bench_header *h, const bench_ctx *
     cJSON_AddNumberToObject(cf, "llm42_group", b->cfg.llm42_group);
     cJSON_AddNumberToObject(cf, "max_batch_rows", b->cfg.max_batch_rows);
     cJSON_AddNumberToObject(cf, "kv_block_size", b->cfg.kv_block_size);
+    cJSON_AddNumberToObject(cf, "kv_mib", (double)(b->cfg.kv_bytes >> 20));
     cJSON_AddNumberToObject(cf, "prefill_len", prefill_len);
     cJSON_AddStringToObject(cf, "clock", b->cpu_clock ? "cpu" : "wall");
     cJSON *res = cJSON_AddArrayToObject(o, "results");
@@ -493,14 +496,14 @@ static int write_json(const char *path, const bench_header *h, const bench_ctx *
 
 int cmd_bench(int argc, char **argv) {
     enum { O_MODES = 256, O_BATCH, O_PROMPT_LEN, O_NEW, O_PREFILL_LEN, O_TAU, O_W, O_B, O_THREADS, O_JSON,
-           O_DATASET, O_CLOCK, O_DEVICE, O_TP, O_L42K };
+           O_DATASET, O_CLOCK, O_DEVICE, O_TP, O_L42K, O_KV };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},         {"modes", required_argument, 0, O_MODES},
         {"batch", required_argument, 0, O_BATCH},     {"prompt-len", required_argument, 0, O_PROMPT_LEN},
         {"new", required_argument, 0, O_NEW},         {"prefill-len", required_argument, 0, O_PREFILL_LEN},
         {"tau", required_argument, 0, O_TAU},         {"llm42-window", required_argument, 0, O_W},
         {"llm42-group", required_argument, 0, O_B},   {"threads", required_argument, 0, O_THREADS},
-        {"llm42-kernels", required_argument, 0, O_L42K},
+        {"llm42-kernels", required_argument, 0, O_L42K}, {"kv-mb", required_argument, 0, O_KV},
         {"json", required_argument, 0, O_JSON},       {"dataset", required_argument, 0, O_DATASET},
         {"clock", required_argument, 0, O_CLOCK},     {"device", required_argument, 0, O_DEVICE}, {"tensor-parallel", required_argument, 0, O_TP},
         {"help", no_argument, 0, 'h'},
@@ -514,7 +517,8 @@ int cmd_bench(int argc, char **argv) {
     bench_ctx b = {.cfg = mg_engine_config_default(), .tau = 0.5f, .prompt_len = 64, .n_new = 64};
     int prefill_len = 512;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "m:h", opts, NULL)) != -1) {
+    int li = -1;
+    while ((c = getopt_long(argc, argv, "m:h", opts, &li)) != -1) {
         int bad = 0;
         switch (c) {
         case 'm': model_flag = optarg; break;
@@ -527,6 +531,12 @@ int cmd_bench(int argc, char **argv) {
         case O_W: bad = cli_parse_int(optarg, &b.cfg.llm42_window) || b.cfg.llm42_window < 1; break;
         case O_B: bad = cli_parse_int(optarg, &b.cfg.llm42_group) || b.cfg.llm42_group < 1; break;
         case O_L42K: bad = cli_parse_kernels(optarg, &b.cfg.llm42_kernels); break;
+        case O_KV: {
+            int mb;
+            bad = cli_parse_int(optarg, &mb) || mb < 1;
+            if (!bad) b.cfg.kv_bytes = (size_t)mb << 20;
+            break;
+        }
         case O_THREADS: bad = cli_parse_int(optarg, &threads) || threads < 1; break;
         case O_JSON: json_path = optarg; break;
         case O_DATASET: dataset = optarg; break;
@@ -546,7 +556,7 @@ int cmd_bench(int argc, char **argv) {
         default: usage(stderr); return 2;
         }
         if (bad) {
-            fprintf(stderr, "margingate bench: invalid value '%s' for %s\n", optarg, argv[optind - 1]);
+            fprintf(stderr, "margingate bench: invalid value '%s' for --%s\n", optarg, li >= 0 ? opts[li].name : "?");
             return 2;
         }
     }
