@@ -275,3 +275,18 @@ Test(cli, tensor_parallel_cpu_ranks_and_errors) {
     cr_assert_eq(r.rc, 0, "%s", r.err);
     cr_assert(strstr(r.out, " | device cpu-tp2 | "), "%s", r.out);
 }
+
+/* calibrate --sequences checks tau end to end and reports each try. */
+Test(cli, calibrate_sequences_reports_agreement) {
+    char model[1024], data[1024], out[128], cfg[128], cmd[4096];
+    device_paths(model, sizeof model, data, sizeof data, out, sizeof out, cfg, sizeof cfg);
+    snprintf(cmd, sizeof cmd,
+             "MARGINGATE_CONFIG=%s " BIN " calibrate -m %s --dataset %s --batch 3 --limit 3 --max-new 6 "
+             "--max-prompt 24 --threads 1 --dry-run --sequences --device cpu",
+             cfg, model, data);
+    cmd_result r = *run_cmd(cmd);
+    cr_assert_eq(r.rc, 0, "%s", r.err);
+    cr_assert(strstr(r.out, " of 3 sequences identical alone and in batches of 3; "), "%s", r.out);
+    cr_assert(strstr(r.out, "every sequence matches") || strstr(r.out, "no tau up to"), "%s", r.out);
+    cr_assert_neq(access(cfg, F_OK), 0, "--dry-run must not write %s", cfg);
+}
