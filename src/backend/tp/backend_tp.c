@@ -320,6 +320,7 @@ static const float *vec_at(const float *v, int r) {
 }
 
 static void vec_remove_model(const model_rec *m) {
+    if (!m->vm_layers) return; /* failed before its vectors were registered */
     int k = 0;
     const mg_config *c = &m->model->config;
     for (int i = 0; i < T.n_vecs; i++) {
