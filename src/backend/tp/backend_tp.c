@@ -20,10 +20,12 @@ typedef struct {
     void *ptr[MG_TP_MAX_RANKS];
 } alloc_rec;
 
-/* A weight vector (norm or bias) of rank 0's mirror and its copies. */
+/* A weight vector (norm or bias) of rank 0's mirror, its copies, and the
+ * model it belongs to. */
 typedef struct {
     const float *key;
     const float *ptr[MG_TP_MAX_RANKS];
+    const void *owner; /* the model_rec */
 } vec_rec;
 
 /* One model split over the ranks. */
@@ -289,7 +291,7 @@ static size_t tp_act_size(int round_bf16) { return T.base[0]->act_size(round_bf1
 
 /* ---- weights --------------------------------------------------------------------- */
 
-static mg_status vec_add(const float *key, const float *const ptr[]) {
+static mg_status vec_add(const void *owner, const float *key, const float *const ptr[]) {
     if (!key) return MG_OK;
     MG_TRY(room_for_one((void **)&T.vecs, T.n_vecs, &T.cap_vecs, sizeof *T.vecs, "weight"));
     int i = T.n_vecs;
@@ -298,6 +300,7 @@ static mg_status vec_add(const float *key, const float *const ptr[]) {
         i--;
     }
     T.vecs[i].key = key;
+    T.vecs[i].owner = owner;
     for (int r = 0; r < T.n; r++) T.vecs[i].ptr[r] = ptr[r];
     T.n_vecs++;
     return MG_OK;
@@ -320,18 +323,9 @@ static const float *vec_at(const float *v, int r) {
 }
 
 static void vec_remove_model(const model_rec *m) {
-    if (!m->vm_layers) return; /* failed before its vectors were registered */
     int k = 0;
-    const mg_config *c = &m->model->config;
-    for (int i = 0; i < T.n_vecs; i++) {
-        int mine = T.vecs[i].key == m->vm.final_norm;
-        for (int l = 0; l < c->n_layers && !mine; l++) {
-            const mg_layer_weights *lw = &m->vm_layers[l];
-            mine = T.vecs[i].key == lw->attn_norm || T.vecs[i].key == lw->mlp_norm || T.vecs[i].key == lw->bq ||
-                   T.vecs[i].key == lw->bk || T.vecs[i].key == lw->bv;
-        }
-        if (!mine) T.vecs[k++] = T.vecs[i];
-    }
+    for (int i = 0; i < T.n_vecs; i++)
+        if (T.vecs[i].owner != m) T.vecs[k++] = T.vecs[i];
     T.n_vecs = k;
 }
 
@@ -509,7 +503,7 @@ static mg_status tp_weights_acquire(const mg_weights **out, const mg_model *mode
 #define VEC(expr)                                                                                            \
     do {                                                                                                     \
         for (int r = 0; r < T.n; r++) ptr[r] = m->mirror[r]->expr;                                           \
-        if (st == MG_OK) st = vec_add(m->mirror[0]->expr, ptr);                                              \
+        if (st == MG_OK) st = vec_add(m, m->mirror[0]->expr, ptr);                                           \
     } while (0)
         VEC(final_norm);
         for (int l = 0; l < L; l++) {
@@ -790,16 +784,25 @@ static mg_backend_ops tp_ops = {
 static mg_status select_on(int r, void *arg) {
     (void)arg;
     T.base[r] = !strcmp(T.base_name, "cuda") ? mg_backend_cuda_on(r) : mg_backend_cpu();
-    if (!T.base[r]) return mg_error_set(MG_ERR_UNSUPPORTED, "%s", mg_error_last());
+    return T.base[r] ? MG_OK : mg_error_set(MG_ERR_UNSUPPORTED, "%s", mg_error_last());
+}
+
+static mg_status comm_on(int r, void *arg) {
+    (void)arg;
     return T.comm_ops->rank_init(T.comm, r);
 }
 
 static char tp_name[32];
+static char start_error[512]; /* why the workers' start failed (they cannot be stopped) */
 
 const mg_backend_ops *mg_backend_tp(const char *base, int n_ranks) {
     if (T.ready) {
         if (T.n == n_ranks && !strcmp(T.base_name, base)) return &tp_ops;
         mg_error_set(MG_ERR_ARG, "a %s x %d tensor-parallel backend exists already", T.base_name, T.n);
+        return NULL;
+    }
+    if (start_error[0]) {
+        mg_error_set(MG_ERR_BACKEND, "the tensor-parallel backend failed to start: %s", start_error);
         return NULL;
     }
     if (n_ranks < 2 || n_ranks > MG_TP_MAX_RANKS) {
@@ -819,18 +822,21 @@ const mg_backend_ops *mg_backend_tp(const char *base, int n_ranks) {
     const char *skip = getenv("MG_TP_SKIP_COMM");
     T.skip_comm = skip && *skip && strcmp(skip, "0");
     if (T.comm_ops->prepare(&T.comm, n_ranks) != MG_OK) return NULL;
-    for (int r = 0; r < n_ranks; r++)
-        if (pthread_create(&T.thread[r], NULL, worker_main, (void *)(intptr_t)r) != 0) {
-            /* Workers already started wait for jobs forever; the backend is
-             * unusable, which the error says. */
-            mg_error_set(MG_ERR_BACKEND, "cannot start the worker thread of rank %d", r);
-            return NULL;
-        }
-    if (run_all(select_on, NULL) != MG_OK) return NULL;
+    mg_status st = MG_OK;
+    for (int r = 0; r < n_ranks && st == MG_OK; r++)
+        if (pthread_create(&T.thread[r], NULL, worker_main, (void *)(intptr_t)r) != 0)
+            st = mg_error_set(MG_ERR_BACKEND, "cannot start the worker thread of rank %d", r);
+    /* Every rank's device first: NCCL's init waits for all ranks, so a
+     * missing GPU must stop us before it (it would wait forever). */
+    if (st == MG_OK) st = run_all(select_on, NULL);
+    if (st == MG_OK) st = run_all(comm_on, NULL);
+    if (st != MG_OK) {
+        snprintf(start_error, sizeof start_error, "%s", mg_error_last());
+        return NULL;
+    }
     snprintf(tp_name, sizeof tp_name, "%s-tp%d", base, n_ranks);
     tp_ops.name = tp_name;
     tp_ops.host_memory = probe->host_memory;
-    tp_ops.matmul_groups = NULL;
     tp_ops.tp_ranks = n_ranks;
     T.ready = 1;
     return &tp_ops;
