@@ -602,8 +602,8 @@ Test(server_api, tensor_parallel_cpu_ranks) {
         cJSON_Delete(o);
     }
     snprintf(req, sizeof req,
-             "{\"prompt\": \"Once upon a time\", \"max_tokens\": 8, \"temperature\": 0, \"determinism\": \"invariant\", "
-             "\"ignore_eos\": true}");
+             "{\"prompt\": \"Once upon a time\", \"max_tokens\": 8, \"temperature\": 0, "
+             "\"determinism\": \"invariant\", \"ignore_eos\": true}");
     cJSON *a = parse_ok(server_curl_post(&s, "/v1/completions", req, NULL));
     cJSON *b = parse_ok(server_curl_post(&s, "/v1/completions", req, NULL));
     cr_assert_str_eq(jstr(a, "choices.0.text"), jstr(b, "choices.0.text"));

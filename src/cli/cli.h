@@ -45,6 +45,11 @@ float cli_default_tau(const char *model_path, float fallback);
  * (mg_backend_select). */
 int cli_backend(const char *cmd, const char *device, int tensor_parallel, const mg_backend_ops **out);
 
+/* The --tensor-parallel value: a positive integer into *out and 0, else 2
+ * after printing "margingate <cmd>: --tensor-parallel needs a positive
+ * integer (got 'X')" on stderr. */
+int cli_parse_tensor_parallel(const char *cmd, const char *s, int *out);
+
 /* "fast" or "invariant" into *out; returns 0 on success. */
 int cli_parse_kernels(const char *s, mg_kernels *out);
 

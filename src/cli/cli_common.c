@@ -52,6 +52,12 @@ int cli_backend(const char *cmd, const char *device, int tensor_parallel, const 
     return 0;
 }
 
+int cli_parse_tensor_parallel(const char *cmd, const char *s, int *out) {
+    if (!cli_parse_int(s, out) && *out >= 1) return 0;
+    fprintf(stderr, "margingate %s: --tensor-parallel needs a positive integer (got '%s')\n", cmd, s);
+    return 2;
+}
+
 int cli_parse_kernels(const char *s, mg_kernels *out) {
     if (!strcmp(s, "fast")) *out = MG_KERNELS_FAST;
     else if (!strcmp(s, "invariant")) *out = MG_KERNELS_INVARIANT;

@@ -342,10 +342,10 @@ static void cell(int w, int prec, double v) {
 }
 
 static void print_table(const bench_header *h, const bench_ctx *b, const bench_row *rows, int n_rows,
-                        const int *batches, int n_batches, const bench_row *long_rows, int n_long,
-                        int prefill_len) {
+                        const int *batches, int n_batches, const bench_row *long_rows, int n_long, int prefill_len) {
     printf("margingate bench | model %s | device %s | threads %d | %s | cpu %s | load %.2f -> %.2f | clock %s\n",
-           h->model_path, b->backend->name, h->threads, h->date, h->cpu, h->load_start, h->load_end, b->cpu_clock ? "cpu" : "wall");
+           h->model_path, b->backend->name, h->threads, h->date, h->cpu, h->load_start, h->load_end,
+           b->cpu_clock ? "cpu" : "wall");
     printf("prompt %d tokens (%s), %d new tokens per request, greedy, ignore_eos | tau %g | llm42 W=%d B=%d\n",
            b->prompt_len, h->prompts, b->n_new, b->tau, b->cfg.llm42_window, b->cfg.llm42_group);
     printf("%-17s %5s %9s %8s %8s %8s %8s %7s %7s %7s %7s %7s %5s\n", "mode", "batch", "prefill", "decode",
@@ -505,7 +505,8 @@ int cmd_bench(int argc, char **argv) {
         {"llm42-group", required_argument, 0, O_B},   {"threads", required_argument, 0, O_THREADS},
         {"llm42-kernels", required_argument, 0, O_L42K}, {"kv-mb", required_argument, 0, O_KV},
         {"json", required_argument, 0, O_JSON},       {"dataset", required_argument, 0, O_DATASET},
-        {"clock", required_argument, 0, O_CLOCK},     {"device", required_argument, 0, O_DEVICE}, {"tensor-parallel", required_argument, 0, O_TP},
+        {"clock", required_argument, 0, O_CLOCK},     {"device", required_argument, 0, O_DEVICE},
+        {"tensor-parallel", required_argument, 0, O_TP},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     const char *model_flag = NULL, *json_path = NULL, *dataset = NULL, *device = "auto";
@@ -542,10 +543,7 @@ int cmd_bench(int argc, char **argv) {
         case O_DATASET: dataset = optarg; break;
         case O_DEVICE: device = optarg; break;
         case O_TP:
-            if (cli_parse_int(optarg, &tensor_parallel) || tensor_parallel < 1) {
-                fprintf(stderr, "margingate bench: --tensor-parallel needs a positive integer (got '%s')\n", optarg);
-                return 2;
-            }
+            if (cli_parse_tensor_parallel("bench", optarg, &tensor_parallel)) return 2;
             break;
         case O_CLOCK:
             if (!strcmp(optarg, "wall")) b.cpu_clock = 0;

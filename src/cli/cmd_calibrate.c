@@ -68,7 +68,8 @@ int cmd_calibrate(int argc, char **argv) {
         {"batch", required_argument, 0, O_BATCH}, {"max-new", required_argument, 0, O_NEW},
         {"limit", required_argument, 0, O_LIMIT}, {"max-prompt", required_argument, 0, O_MAXP},
         {"dry-run", no_argument, 0, O_DRY},       {"threads", required_argument, 0, O_THREADS},
-        {"device", required_argument, 0, O_DEVICE}, {"tensor-parallel", required_argument, 0, O_TP},
+        {"device", required_argument, 0, O_DEVICE},
+        {"tensor-parallel", required_argument, 0, O_TP},
         {"sequences", no_argument, 0, O_SEQ},
         {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
     const char *model_flag = NULL, *dataset = "math500", *device = "auto";
@@ -90,10 +91,7 @@ int cmd_calibrate(int argc, char **argv) {
         case O_THREADS: bad = cli_parse_int(optarg, &threads) || threads < 1; break;
         case O_DEVICE: device = optarg; break;
         case O_TP:
-            if (cli_parse_int(optarg, &tensor_parallel) || tensor_parallel < 1) {
-                fprintf(stderr, "margingate calibrate: --tensor-parallel needs a positive integer (got '%s')\n", optarg);
-                return 2;
-            }
+            if (cli_parse_tensor_parallel("calibrate", optarg, &tensor_parallel)) return 2;
             break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;

@@ -133,7 +133,8 @@ static void plot(const char *dir, long n_steps, long n_flips) {
 
 /* One dataset: the off-path flip study, its table row and CSV. */
 static int study_dataset(const char *name, const mg_model *model, const mg_backend_ops *backend,
-                         const mg_tokenizer *tok, const mg_flip_opts *fo, int max_prompt, const char *out_dir, int first, mg_dataset *d_out, mg_flip_report *r) {
+                         const mg_tokenizer *tok, const mg_flip_opts *fo, int max_prompt, const char *out_dir,
+                         int first, mg_dataset *d_out, mg_flip_report *r) {
     int need = fo->n_probes > fo->batch ? fo->n_probes : fo->batch;
     if (mg_dataset_load(name, tok, need, max_prompt, d_out) != MG_OK) return cli_fail("flips", "cannot load the dataset");
     mg_flip_opts o = *fo;
@@ -169,8 +170,8 @@ static int study_dataset(const char *name, const mg_model *model, const mg_backe
 }
 
 int cmd_flips(int argc, char **argv) {
-    enum { O_BATCH = 256, O_NEW, O_LIMIT, O_MAXP, O_OUT, O_MODES, O_TAU, O_W, O_B, O_FP32, O_THREADS, O_DATASET, O_MODES_ONLY,
-           O_DEVICE, O_TP };
+    enum { O_BATCH = 256, O_NEW, O_LIMIT, O_MAXP, O_OUT, O_MODES, O_TAU, O_W, O_B, O_FP32, O_THREADS, O_DATASET,
+           O_MODES_ONLY, O_DEVICE, O_TP };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},   {"dataset", required_argument, 0, O_DATASET},
         {"batch", required_argument, 0, O_BATCH}, {"max-new", required_argument, 0, O_NEW},
@@ -179,7 +180,8 @@ int cmd_flips(int argc, char **argv) {
         {"tau", required_argument, 0, O_TAU},   {"llm42-window", required_argument, 0, O_W},
         {"llm42-group", required_argument, 0, O_B}, {"fp32", no_argument, 0, O_FP32},
         {"threads", required_argument, 0, O_THREADS}, {"modes-only", no_argument, 0, O_MODES_ONLY},
-        {"device", required_argument, 0, O_DEVICE}, {"tensor-parallel", required_argument, 0, O_TP},
+        {"device", required_argument, 0, O_DEVICE},
+        {"tensor-parallel", required_argument, 0, O_TP},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     const char *model_flag = NULL, *dataset = NULL, *out_dir = "flips-out", *modes = NULL, *device = "auto";
     int tensor_parallel = 1;
@@ -206,10 +208,7 @@ int cmd_flips(int argc, char **argv) {
         case O_MODES_ONLY: modes_only = 1; break;
         case O_DEVICE: device = optarg; break;
         case O_TP:
-            if (cli_parse_int(optarg, &tensor_parallel) || tensor_parallel < 1) {
-                fprintf(stderr, "margingate flips: --tensor-parallel needs a positive integer (got '%s')\n", optarg);
-                return 2;
-            }
+            if (cli_parse_tensor_parallel("flips", optarg, &tensor_parallel)) return 2;
             break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;

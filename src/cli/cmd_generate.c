@@ -126,7 +126,8 @@ int cmd_generate(int argc, char **argv) {
         {"margins", no_argument, 0, O_MARGINS},   {"json", no_argument, 0, O_JSON},
         {"fp32", no_argument, 0, O_FP32},         {"kernels", required_argument, 0, O_KERNELS},
         {"ignore-eos", no_argument, 0, O_IGNORE_EOS}, {"threads", required_argument, 0, O_THREADS},
-        {"device", required_argument, 0, O_DEVICE}, {"tensor-parallel", required_argument, 0, O_TP}, {"dump-logits", required_argument, 0, O_DUMP_LOGITS},
+        {"device", required_argument, 0, O_DEVICE},
+        {"tensor-parallel", required_argument, 0, O_TP}, {"dump-logits", required_argument, 0, O_DUMP_LOGITS},
         {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
     const char *model_flag = NULL, *prompt_arg = NULL, *prompt_file = NULL, *system = NULL, *device = "auto";
     int tensor_parallel = 1;
@@ -157,10 +158,7 @@ int cmd_generate(int argc, char **argv) {
         case O_DUMP_LOGITS: dump_path = optarg; break;
         case O_DEVICE: device = optarg; break;
         case O_TP:
-            if (cli_parse_int(optarg, &tensor_parallel) || tensor_parallel < 1) {
-                fprintf(stderr, "margingate generate: --tensor-parallel needs a positive integer (got '%s')\n", optarg);
-                return 2;
-            }
+            if (cli_parse_tensor_parallel("generate", optarg, &tensor_parallel)) return 2;
             break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
@@ -278,7 +276,8 @@ int cmd_generate(int argc, char **argv) {
             }
         }
         fprintf(stderr,
-                "margingate: device %s: prompt %zu tokens, %.1f ms prefill (%.1f tok/s); %d tokens, %.1f tok/s decode\n",
+                "margingate: device %s: prompt %zu tokens, %.1f ms prefill (%.1f tok/s); %d tokens, %.1f tok/s "
+                "decode\n",
                 backend->name, n_ids, res.prefill_s * 1e3, n_ids / (res.prefill_s > 0 ? res.prefill_s : 1), res.n,
                 res.n > 1 && res.decode_s > 0 ? (res.n - 1) / res.decode_s : 0.0);
     }

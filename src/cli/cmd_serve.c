@@ -52,7 +52,8 @@ int cmd_serve(int argc, char **argv) {
         {"llm42-kernels", required_argument, 0, O_L42K},
         {"fp32", no_argument, 0, O_FP32},              {"drain-timeout", required_argument, 0, O_DRAIN},
         {"threads", required_argument, 0, O_THREADS},  {"log-requests", no_argument, 0, O_LOG},
-        {"device", required_argument, 0, O_DEVICE}, {"tensor-parallel", required_argument, 0, O_TP},
+        {"device", required_argument, 0, O_DEVICE},
+        {"tensor-parallel", required_argument, 0, O_TP},
         {"test-load-delay-ms", required_argument, 0, O_DELAY}, /* testing: /health stays 503 this long */
         {"help", no_argument, 0, 'h'},                 {0, 0, 0, 0}};
     mg_server_config cfg = mg_server_config_default();
@@ -89,10 +90,7 @@ int cmd_serve(int argc, char **argv) {
         case O_LOG: cfg.log_requests = 1; break;
         case O_DEVICE: device = optarg; break;
         case O_TP:
-            if (cli_parse_int(optarg, &tensor_parallel) || tensor_parallel < 1) {
-                fprintf(stderr, "margingate serve: --tensor-parallel needs a positive integer (got '%s')\n", optarg);
-                return 2;
-            }
+            if (cli_parse_tensor_parallel("serve", optarg, &tensor_parallel)) return 2;
             break;
         case O_DELAY: bad = cli_parse_int(optarg, &cfg.test_load_delay_ms) || cfg.test_load_delay_ms < 0; break;
         case 'h': usage(stdout); return 0;

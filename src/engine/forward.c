@@ -215,10 +215,11 @@ static mg_status issue_pass(void *ctx) {
     return MG_OK;
 }
 
-/* What a graph of a pass depends on besides device data (see graph_run). */
+/* What a graph of a decode-shaped pass (every row wants logits) depends on
+ * besides device data (see graph_run). */
 typedef struct {
     const void *fw, *pool, *logits, *argmax;
-    int n_rows, kernels, precision, all_want, argmax_wanted;
+    int n_rows, kernels, precision, argmax_wanted;
 } pass_key;
 
 mg_status mg_forward_run_ex(mg_forward *fw, mg_kv_pool *pool, const mg_batch *b, mg_kernels kernels,
@@ -237,26 +238,23 @@ mg_status mg_forward_run_ex(mg_forward *fw, mg_kv_pool *pool, const mg_batch *b,
     if (m > 0) MG_TRY(reserve_logits(fw, m));
     pass_ctx pc = {.fw = fw, .pool = pool, .b = b, .rows = &rows, .kernels = kernels, .precision = precision,
                    .all_want = m == n, .argmax = out->argmax != NULL};
-    /* Decode-shaped passes (every row wants logits) go through the
-     * backend's graph cache when it has one: same shapes, same buffers. */
-    if (ops->graph_run && pc.all_want) {
-        pass_key key;
-        memset(&key, 0, sizeof key); /* padding bytes are compared too */
-        key.fw = fw;
-        key.pool = pool;
-        key.logits = fw->logits;
-        key.argmax = fw->argmax;
-        key.n_rows = n;
-        key.kernels = (int)kernels;
-        key.precision = (int)precision;
-        key.all_want = pc.all_want;
-        key.argmax_wanted = pc.argmax;
-        MG_TRY(ops->graph_run(&key, sizeof key, issue_pass, &pc));
-    } else if (ops->graph_run) {
-        MG_TRY(ops->graph_run(NULL, 0, issue_pass, &pc)); /* no key: run directly (on every rank) */
-    } else {
+    /* Decode-shaped passes go through the backend's graph cache: same
+     * shapes, same buffers; other passes run directly (key NULL; a
+     * tensor-parallel backend still runs them on every rank). */
+    pass_key key;
+    memset(&key, 0, sizeof key); /* padding bytes are compared too */
+    key.fw = fw;
+    key.pool = pool;
+    key.logits = fw->logits;
+    key.argmax = fw->argmax;
+    key.n_rows = n;
+    key.kernels = (int)kernels;
+    key.precision = (int)precision;
+    key.argmax_wanted = pc.argmax;
+    if (ops->graph_run)
+        MG_TRY(ops->graph_run(pc.all_want ? &key : NULL, sizeof key, issue_pass, &pc));
+    else
         MG_TRY(issue_pass(&pc));
-    }
     if (m == 0) return MG_OK;
     const size_t vocab = (size_t)c->vocab_size;
     if (out->argmax) MG_TRY(ops->download(out->argmax, fw->argmax, (size_t)m * sizeof(mg_argmax)));

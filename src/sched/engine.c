@@ -545,7 +545,8 @@ mg_status mg_engine_step(mg_engine *e) {
                     tok = (tok + 1) % e->model->config.vocab_size;
                     margin = 0.0f;
                 }
-                if (q->p.mode == MG_MODE_MARGINGATE && (margin < e->cfg.margingate_tau || fault || q->p.sampling.temperature > 0)) {
+                const int sampled = q->p.sampling.temperature > 0; /* a draw can move at any margin */
+                if (q->p.mode == MG_MODE_MARGINGATE && (margin < e->cfg.margingate_tau || fault || sampled)) {
                     flag_req[n_flag] = q;
                     flag_tok[n_flag] = tok;
                     flag_margin[n_flag] = margin;

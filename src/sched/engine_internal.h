@@ -72,7 +72,6 @@ void mg_rows_clear(mg_rows *r);
 void mg_rows_push(mg_rows *r, mg_req *q, int32_t token, int32_t pos, mg_kv_seq *seq, int want);
 /* Runs the rows through the forward pass with `kernels`. */
 mg_status mg_rows_run(mg_engine *e, mg_rows *r, mg_kernels kernels);
-/* Logits of the i-th wanted row. */
 /* Logits of wanted row i of the last run, or NULL when the run did not
  * download them (every wanted row's request was greedy without logprobs
  * or logit hashes). */
@@ -89,8 +88,6 @@ void mg_req_finish(mg_engine *e, mg_req *q, mg_finish why, double now);
 /* Sets finish state from the last visible token (stop token or length). */
 void mg_req_check_done(mg_engine *e, mg_req *q, double now);
 
-/* Samples the token that follows q's tokens from a logits row; stores the
- * row's top-1/top-2 margin in *margin. */
 /* The token request q takes from wanted row i of the last run of r, and
  * that row's FP32 top-1/top-2 margin: the backend's argmax for a greedy
  * request, else a draw from the row's logits. */

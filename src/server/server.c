@@ -44,11 +44,12 @@ static void set_names(mg_srv *s) {
         snprintf(s->served_name, sizeof s->served_name, "%.*s", (int)(n - b), p + b);
     }
     /* The fingerprint names what decides the numerics: model, backend,
-     * precision, KV block size and MarginGate's tau. */
+     * precision, KV block size, MarginGate's tau and LLM-42's W, B and
+     * kernels. */
     char key[1024];
-    snprintf(key, sizeof key, "%s|%s|%d|%d|%g|%d|%d", p, server_backend(s)->name, (int)s->cfg.engine.precision,
+    snprintf(key, sizeof key, "%s|%s|%d|%d|%g|%d|%d|%d", p, server_backend(s)->name, (int)s->cfg.engine.precision,
              s->cfg.engine.kv_block_size, (double)s->cfg.engine.margingate_tau, s->cfg.engine.llm42_window,
-             s->cfg.engine.llm42_group);
+             s->cfg.engine.llm42_group, (int)s->cfg.engine.llm42_kernels);
     uint64_t h = 1469598103934665603ull;
     for (const char *c = key; *c; c++) h = (h ^ (unsigned char)*c) * 1099511628211ull;
     snprintf(s->fingerprint, sizeof s->fingerprint, "fp_mg_%012llx", (unsigned long long)(h >> 16));
@@ -86,7 +87,8 @@ static int load(mg_srv *s) {
     fprintf(stderr,
             "margingate serve: model %s loaded in %.2f s (device %s, context %d, KV pool %ld tokens, default "
             "determinism %s); ready\n",
-            s->served_name, mg_now_s() - t0, server_backend(s)->name, s->max_model_len, s->kv_pool_tokens, mg_mode_name(s->cfg.default_mode));
+            s->served_name, mg_now_s() - t0, server_backend(s)->name, s->max_model_len, s->kv_pool_tokens,
+            mg_mode_name(s->cfg.default_mode));
     pthread_mutex_lock(&s->mu);
     s->ready = 1;
     pthread_mutex_unlock(&s->mu);

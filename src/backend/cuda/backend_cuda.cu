@@ -45,7 +45,7 @@ mg_status mg_cuda_scratch(int slot, size_t bytes, void **out) {
         size_t grown = bytes + bytes / 4;
         MG_CUDA_TRY(cudaMalloc(&scratch[slot].p, grown));
         scratch[slot].bytes = grown;
-        mg_cuda.scratch_gen++;
+        mg_cuda.buffers_gen++;
     }
     *out = scratch[slot].p;
     return MG_OK;
@@ -80,7 +80,7 @@ static void cuda_free(void *p) {
     if (!p) return;
     cudaStreamSynchronize(mg_cuda.stream);
     cudaFree(p);
-    mg_cuda.scratch_gen++;
+    mg_cuda.buffers_gen++;
 }
 
 static mg_status cuda_upload(void *dst, const void *src, size_t bytes) {
@@ -155,7 +155,7 @@ static weights_entry models_devs[MG_CUDA_MAX_DEV][MAX_MODELS]; /* per device */
 
 static void entry_free(weights_entry *e) {
     cudaStreamSynchronize(mg_cuda.stream);
-    mg_cuda.scratch_gen++; /* graphs recorded these weights (see cuda_free) */
+    mg_cuda.buffers_gen++; /* graphs recorded these weights (see cuda_free) */
     for (int i = 0; i < e->n_allocs; i++) cudaFree(e->allocs[i]);
     free(e->allocs);
     free(e->layers);
@@ -281,9 +281,6 @@ static void cuda_weights_release(const mg_model *model) {
 
 /* ---- rows ------------------------------------------------------------------ */
 
-/* Per device (RS: the calling thread's device). */
-typedef struct rows_state rows_state;
-
 /* Fast-path chunk length of a row with `len` positions in a pass of
  * `n_rows` rows: the power of two (32..MG_ATTN_CHUNK) nearest above len /
  * target, target = the chunks per row that fill the GPU twice over
@@ -307,9 +304,10 @@ static int fast_chunk_len(int len, int n_rows) {
 typedef struct {
     const int32_t *buf;
     int n_rows, bt_cap, items_cap, parts_cap;
-    unsigned scratch_gen;
+    unsigned buffers_gen;
 } rows_layout;
-struct rows_state {
+/* Rows state per device (RS: the calling thread's device). */
+typedef struct {
     mg_cuda_rows rows_dev;
     /* Pinned staging for the packed metadata, so that the upload is
      * asynchronous (no host wait inside a forward pass); `rows_uploaded`
@@ -321,13 +319,13 @@ struct rows_state {
     int32_t *rows_buf; /* device copy */
     size_t rows_buf_cap;
     rows_layout rows_cur;
-};
+} rows_state;
 static rows_state rows_devs[MG_CUDA_MAX_DEV];
 #define RS (rows_devs[mg_cuda_dev])
 
 static int layout_eq(const rows_layout *a, const rows_layout *b) {
     return a->buf == b->buf && a->n_rows == b->n_rows && a->bt_cap == b->bt_cap && a->items_cap == b->items_cap &&
-           a->parts_cap == b->parts_cap && a->scratch_gen == b->scratch_gen;
+           a->parts_cap == b->parts_cap && a->buffers_gen == b->buffers_gen;
 }
 
 static size_t pow2_at_least(size_t v, size_t lo) {
@@ -498,7 +496,7 @@ static void slot_reset(graph_slot *g) {
 static mg_status cuda_graph_run(const void *key, size_t key_bytes, mg_status (*issue)(void *ctx), void *ctx) {
     if (!key || !mg_cuda.graphs || key_bytes > GRAPH_KEY_MAX) return issue(ctx);
     rows_layout now = RS.rows_cur;
-    now.scratch_gen = mg_cuda.scratch_gen;
+    now.buffers_gen = mg_cuda.buffers_gen;
     graph_slot *g = NULL, *lru = &GS.graphs[0];
     for (int i = 0; i < GRAPH_SLOTS && !g; i++) {
         if (GS.graphs[i].key_bytes == key_bytes && !memcmp(GS.graphs[i].key, key, key_bytes)) g = &GS.graphs[i];
@@ -522,7 +520,7 @@ static mg_status cuda_graph_run(const void *key, size_t key_bytes, mg_status (*i
         g->exec = NULL;
         mg_status st = issue(ctx);
         g->layout = RS.rows_cur;
-        g->layout.scratch_gen = mg_cuda.scratch_gen;
+        g->layout.buffers_gen = mg_cuda.buffers_gen;
         g->warm = st == MG_OK;
         return st;
     }
@@ -531,7 +529,7 @@ static mg_status cuda_graph_run(const void *key, size_t key_bytes, mg_status (*i
     MG_CUDA_TRY(cudaStreamBeginCapture(mg_cuda.stream, cudaStreamCaptureModeThreadLocal));
     mg_status st = issue(ctx);
     cudaError_t e = cudaStreamEndCapture(mg_cuda.stream, &graph);
-    if (st == MG_OK && e == cudaSuccess && mg_cuda.scratch_gen == now.scratch_gen)
+    if (st == MG_OK && e == cudaSuccess && mg_cuda.buffers_gen == now.buffers_gen)
         e = cudaGraphInstantiate(&g->exec, graph, 0);
     else
         e = cudaErrorStreamCaptureInvalidated;
@@ -544,7 +542,7 @@ static mg_status cuda_graph_run(const void *key, size_t key_bytes, mg_status (*i
         g->warm = 0;
         st = issue(ctx);
         g->layout = RS.rows_cur;
-        g->layout.scratch_gen = mg_cuda.scratch_gen;
+        g->layout.buffers_gen = mg_cuda.buffers_gen;
         return st;
     }
     MG_CUDA_TRY(cudaGraphLaunch(g->exec, mg_cuda.stream));

@@ -95,7 +95,8 @@ mg_status mg_cuda_lt_gemm(void *out, int out_f32, const void *x, const void *w, 
     MG_TRY(lt_init());
     lt_plan *p = NULL;
     for (int i = 0; i < LT.n_plans && !p; i++)
-        if (LT.plans[i].M == M && LT.plans[i].N == N && LT.plans[i].K == K && LT.plans[i].out_f32 == out_f32) p = &LT.plans[i];
+        if (LT.plans[i].M == M && LT.plans[i].N == N && LT.plans[i].K == K && LT.plans[i].out_f32 == out_f32)
+            p = &LT.plans[i];
     if (!p) {
         if (LT.n_plans == LT_MAX_PLANS) { /* forget the oldest half; rare */
             for (int i = 0; i < LT_MAX_PLANS / 2; i++) {

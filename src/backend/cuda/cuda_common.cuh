@@ -56,7 +56,7 @@ typedef struct {
     int fast_gemm_tc;     /* MG_CUDA_FAST_GEMM=tc: the fast path uses the invariant kernels too */
     int skinny_v2;        /* MG_CUDA_SKINNY_V2 (default 1): skinny kernel issues a split's weight loads up front */
     int graphs;           /* MG_CUDA_GRAPHS (default 1): decode passes replay CUDA graphs */
-    unsigned scratch_gen; /* bumped whenever a scratch buffer moves or any buffer is freed (graphs
+    unsigned buffers_gen; /* bumped whenever a scratch buffer moves or any buffer is freed (graphs
                              recorded addresses; a replay needs them all unchanged) */
 } mg_cuda_ctx;
 

@@ -9,8 +9,8 @@
 /* Steps of the order in 32-column blocks. */
 #define KB_SPLIT (MG_TC_SPLIT / 32)            /* blocks per split (8) */
 #define KB_GROUP (KB_SPLIT * MG_TC_GROUP)      /* blocks per group (32) */
-#define MG_TC_MAX_TILES 16384
-static_assert(MG_TC_SPLIT * MG_TC_GROUP == MG_MATMUL_GROUP, "matmul_groups' group is the order's group");                  /* tile counters: largest grid.x * grid.y that may split K */
+#define MG_TC_MAX_TILES 16384                  /* tile counters: largest grid.x * grid.y that may split K */
+static_assert(MG_TC_SPLIT * MG_TC_GROUP == MG_MATMUL_GROUP, "matmul_groups' group is the order's group");
 
 static inline int n_groups_of(int K) { return (K / 32 + KB_GROUP - 1) / KB_GROUP; }
 
@@ -439,7 +439,8 @@ __global__ void __launch_bounds__(WM *WN * 32, (BM == 64 && !SPLIT) ? 3 : 0) mm_
  * results, see docs/cuda.md). */
 static struct {
     int ready;
-    int split_blocks; /* MG_CUDA_MM_SPLIT_BLOCKS: split K when a matmul has fewer blocks (default: SM count; 0: never) */
+    int split_blocks; /* MG_CUDA_MM_SPLIT_BLOCKS: split K when a matmul has fewer blocks (default: SM count; 0: never)
+                       */
     int split_groups; /* MG_CUDA_MM_SPLIT_GROUPS: groups per block when K is split (0: tiled 1, skinny 2) */
     int tile64_max;   /* MG_CUDA_MM_TILE64_MAX: tiled kernel with 64-row weight tiles up to this M (64) */
 } tun;
