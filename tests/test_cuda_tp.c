@@ -35,34 +35,30 @@ static mg_model *load_ckpt_or_skip(void) {
 #define PREFILL 40
 #define STEPS 24
 
-/* Prefill logits of a PREFILL-token prompt, then STEPS greedy decode steps'
- * logits, on backend b: (1 + STEPS) rows of vocab values. */
+/* Keeps each step's logits (mg_generate's on_logits). */
+static void keep_logits(void *user, int step, const float *logits, int vocab) {
+    memcpy((float *)user + (size_t)step * vocab, logits, (size_t)vocab * sizeof(float));
+}
+
+/* Logits of 1 + STEPS greedy steps after a PREFILL-token prompt on backend
+ * b (the first after the prompt): (1 + STEPS) rows of vocab values. */
 static float *greedy_logits(const mg_backend_ops *b, const mg_model *m, mg_kernels kernels) {
     const mg_config *c = &m->config;
-    const size_t V = (size_t)c->vocab_size;
     mg_forward *fw;
     mg_kv_pool pool;
     cr_assert_eq(mg_forward_init(&fw, m, b, PREFILL), MG_OK, "%s", mg_error_last());
     cr_assert_eq(mg_kv_pool_init_on(&pool, b, MG_DTYPE_BF16, c->n_layers, c->n_kv_heads, c->head_dim, 16, 8), MG_OK,
                  "%s", mg_error_last());
-    mg_kv_seq seq = {0};
-    cr_assert_eq(mg_kv_seq_reserve(&pool, &seq, PREFILL + STEPS), MG_OK);
-    int32_t tok[PREFILL], pos[PREFILL];
-    mg_kv_seq *seqs[PREFILL];
-    uint8_t want[PREFILL] = {0};
-    make_prompt_n(5, PREFILL, tok);
-    for (int i = 0; i < PREFILL; i++) pos[i] = i, seqs[i] = &seq;
-    want[PREFILL - 1] = 1;
-    float *out = malloc((1 + STEPS) * V * sizeof(float));
-    mg_batch batch = {.n_rows = PREFILL, .tokens = tok, .positions = pos, .seqs = seqs, .want_logits = want};
-    cr_assert_eq(mg_forward_run(fw, &pool, &batch, kernels, MG_ACT_BF16, out), MG_OK, "%s", mg_error_last());
-    for (int s = 0; s < STEPS; s++) {
-        int32_t t = mg_argmax_margin(out + (size_t)s * V, (int)V).token, p = PREFILL + s;
-        mg_batch one = {.n_rows = 1, .tokens = &t, .positions = &p, .seqs = seqs, .want_logits = NULL};
-        cr_assert_eq(mg_forward_run(fw, &pool, &one, kernels, MG_ACT_BF16, out + (size_t)(s + 1) * V), MG_OK, "%s",
-                     mg_error_last());
-    }
-    mg_kv_seq_free(&pool, &seq);
+    int32_t prompt[PREFILL];
+    make_prompt_n(5, PREFILL, prompt);
+    float *out = malloc((1 + STEPS) * (size_t)c->vocab_size * sizeof(float));
+    const mg_generate_opts g = {.max_new_tokens = 1 + STEPS, .sampling = {.top_p = 1.0f}, .kernels = kernels,
+                                .precision = MG_ACT_BF16, .ignore_eos = 1, .on_logits = keep_logits,
+                                .on_logits_user = out};
+    mg_generate_result r;
+    cr_assert_eq(mg_generate(fw, &pool, c, PREFILL, prompt, PREFILL, &g, NULL, NULL, &r), MG_OK, "%s",
+                 mg_error_last());
+    mg_generate_result_free(&r);
     mg_kv_pool_free(&pool);
     mg_forward_free(fw);
     return out;
