@@ -5,7 +5,9 @@
 # without launch gaps) at batch 1 and 64, context 512, fast and invariant,
 # and prints per kernel name: launches per step, microseconds per step.
 # The step's wall TPOT (cuda_bench without ncu) is printed beside it, so
-# TPOT - sum(kernels) is the time lost between kernels.
+# TPOT - sum(kernels) is the time lost between kernels. MG_PROFILE_NCU_ARGS adds
+# ncu options (e.g. "--cache-control none": caches kept warm between kernels,
+# as in a real run; by default ncu flushes them before each kernel).
 # Needs the prebuilt binaries (tools/gpu-prep.sh) or a build in build-gpu,
 # and an 8B-shaped checkpoint (written with tools/make_checkpoint.py if absent).
 set -u
@@ -30,7 +32,7 @@ for cfg in ${MG_PROFILE_CONFIGS:-"fast 1" "invariant 1" "fast 64" "invariant 64"
         > /tmp/prof-bench.log 2>&1
     tpot=$(grep -E "^\| $kern \| $batch \| 512 " /tmp/prof-bench.log | awk -F'|' '{print $5}' | tr -d ' ')
     # about 420 kernels per step; skip load, fill and warm-up, measure ~3 steps
-    timeout 240 "$NCU" --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \
+    timeout 240 "$NCU" --clock-control none ${MG_PROFILE_NCU_ARGS:-} --metrics gpu__time_duration.sum --csv --print-units base \
         --launch-skip 2200 --launch-count 1300 \
         "$B/cuda_bench" -m "$CKPT" --kernels "$kern" --batch "$batch" --ctx 512 --steps 8 --prefill 0 \
         > /tmp/prof-ncu.csv 2> /tmp/prof-ncu.err
@@ -42,13 +44,18 @@ rows = [r for r in csv.reader(open('/tmp/prof-ncu.csv')) if len(r) > 10]
 if not rows:
     print('  no ncu rows:', open('/tmp/prof-ncu.err').read()[-400:]); sys.exit()
 h = rows[0]; ki = h.index('Kernel Name'); vi = h.index('Metric Value')
+seq = [(r[ki].replace('void ', '').split('(')[0].split('<')[0][:40], float(r[vi].replace(',', '')) / 1e3)
+       for r in rows[1:]]
+# whole steps only: from after the first argmax to the last one
+marks = [i for i, (name, _) in enumerate(seq) if 'argmax' in name]
+if len(marks) < 2:
+    print('  fewer than two steps in the window'); sys.exit()
+steps = len(marks) - 1
 t = collections.defaultdict(float); n = collections.Counter()
-for r in rows[1:]:
-    name = r[ki].replace('void ', '').split('(')[0].split('<')[0][:40]
-    t[name] += float(r[vi].replace(',', '')) / 1e3; n[name] += 1
-steps = max([v for k, v in n.items() if 'argmax' in k] or [3])
+for name, us in seq[marks[0] + 1:marks[-1] + 1]:
+    t[name] += us; n[name] += 1
 tot = sum(t.values()) / steps
-print(f'  {steps} steps measured; kernel time per step {tot:.0f} us')
+print(f'  {steps} steps measured; kernel time per step {tot:.0f} us, {sum(n.values()) / steps:.0f} kernels')
 for k, v in sorted(t.items(), key=lambda kv: -kv[1]):
     print(f'  {k:40s} {n[k] / steps:6.1f}/step {v / steps:9.1f} us  {100 * v / steps / tot:5.1f}%')
 PY

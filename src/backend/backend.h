@@ -121,7 +121,10 @@ typedef struct mg_backend_ops {
 
     /* Several matmuls of one input (all parts have the same w->cols): the
      * same values as one matmul call per part, in one launch where the
-     * backend can. n_parts <= 4. */
+     * backend can. n_parts <= 4. FAST may round differently from the
+     * separate calls (within the matmul's tolerance): CUDA runs parts whose
+     * weights lie back to back in memory as one wider GEMM, whose reduction
+     * order is its own. INVARIANT and FP32 numerics: the same bits. */
     mg_status (*matmul_multi)(const mg_matmul_part *parts, int n_parts, const void *in /* (n, cols) */, int n,
                               mg_kernels kernels, int round_bf16);
 

@@ -33,7 +33,7 @@
 typedef struct {
     int n_heads, n_kv_heads, hd, group; /* group = n_heads / n_kv_heads */
     int layer, block_size, n_blocks;
-    int max_vec; /* MG_ATTN_QG * group */
+    int max_vec; /* rows of the pass's largest query group x group */
     int sub;     /* keys per K/V tile in shared memory (a multiple of ATTN_TILE) */
     float scale;
 } attn_params;
@@ -244,6 +244,12 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32)
     }
 }
 
+/* One warp per (row, head); lane l takes dims l, l + 32, ... (up to
+ * MERGE_DIMS of them at once, so that their chunk loads are in flight
+ * together). Per dim the CPU's merge, left to right over the chunks:
+ *   m' = max(m, m_c); a = exp(m - m'); w = s_c exp(m_c - m');
+ *   acc = acc a + out_c w; s = s a + w; out = acc / s. */
+#define MERGE_DIMS 4
 template <typename T>
 __global__ void attn_merge_kernel(T *out, const float2 *part_ms, const float *part_out, const int32_t *n_chunks,
                                   const int32_t *part_base, int n_rows, int n_heads, int hd) {
@@ -252,25 +258,40 @@ __global__ void attn_merge_kernel(T *out, const float2 *part_ms, const float *pa
     const int row = gw / n_heads, h = gw % n_heads;
     const int nc = n_chunks[row];
     const size_t base = (size_t)part_base[row];
+    const size_t stride = (size_t)n_heads * hd; /* floats from one chunk's output to the next */
     T *o = out + ((size_t)row * n_heads + h) * hd;
-    for (int d = lane; d < hd; d += 32) {
-        const float *po = part_out + (base * n_heads + h) * hd + d;
-        if (nc == 1) {
-            o[d] = from_f<T>(po[0]);
-            continue;
+    const float *po = part_out + (base * n_heads + h) * hd;
+    const float2 *ms = part_ms + base * n_heads + h;
+    for (int d0 = lane; d0 < hd; d0 += 32 * MERGE_DIMS) {
+        float acc[MERGE_DIMS];
+        const float2 ms0 = ms[0];
+        float m = ms0.x, s = ms0.y;
+#pragma unroll
+        for (int i = 0; i < MERGE_DIMS; i++) {
+            const int d = d0 + 32 * i;
+            acc[i] = d < hd ? (nc == 1 ? po[d] : po[d] * s) : 0.0f;
         }
-        float2 ms = part_ms[base * n_heads + h];
-        float m = ms.x, s = ms.y, acc = po[0] * s;
-        for (int c = 1; c < nc; c++) {
-            const float2 mc = part_ms[(base + c) * n_heads + h];
-            const float m2 = fmaxf(m, mc.x);
-            const float a = expf(m - m2), b = expf(mc.x - m2);
-            const float wb = mc.y * b;
-            acc = acc * a + po[(size_t)c * n_heads * hd] * wb;
-            s = s * a + wb;
-            m = m2;
+        if (nc > 1) {
+#pragma unroll 4
+            for (int c = 1; c < nc; c++) {
+                const float2 mc = ms[(size_t)c * n_heads];
+                const float m2 = fmaxf(m, mc.x);
+                const float a = expf(m - m2), b = expf(mc.x - m2);
+                const float wb = mc.y * b;
+#pragma unroll
+                for (int i = 0; i < MERGE_DIMS; i++) {
+                    const int d = d0 + 32 * i;
+                    if (d < hd) acc[i] = acc[i] * a + po[(size_t)c * stride + d] * wb;
+                }
+                s = s * a + wb;
+                m = m2;
+            }
         }
-        o[d] = from_f<T>(acc / s);
+#pragma unroll
+        for (int i = 0; i < MERGE_DIMS; i++) {
+            const int d = d0 + 32 * i;
+            if (d < hd) o[d] = from_f<T>(nc == 1 ? acc[i] : acc[i] / s);
+        }
     }
 }
 
@@ -288,7 +309,8 @@ static mg_status launch_partial(const void *q, const mg_kv_pool *pool, const mg_
     if (opted < 48 * 1024) opted = 48 * 1024;
     /* The whole chunk in one tile when it fits; else the largest multiple
      * of ATTN_TILE keys that does (same bits: tiles only stage loads). */
-    p.sub = MG_ATTN_CHUNK;
+    const int want = mg_cuda.attn_tile_keys / ATTN_TILE * ATTN_TILE;
+    p.sub = want > 0 && want < MG_ATTN_CHUNK ? want : MG_ATTN_CHUNK;
     while (p.sub > ATTN_TILE && smem_bytes<KV>(p.max_vec, p.hd, p.sub) > mg_cuda.smem_optin) p.sub -= ATTN_TILE;
     const size_t smem = smem_bytes<KV>(p.max_vec, p.hd, p.sub);
     if (smem > mg_cuda.smem_optin)
@@ -311,12 +333,11 @@ template <typename T, typename KV>
 static mg_status launch(void *out, const void *q, const mg_kv_pool *pool, const mg_cuda_rows *r,
                         const mg_cuda_attn_work *w, const attn_params &p, float2 *ms, float *po, int n_rows) {
     if (w->items_grid > 0) {
+        /* Any query group of the model fits 32 (checked by the caller). */
         if (p.max_vec <= 4) MG_TRY((launch_partial<T, KV, 4>(q, pool, r, w, p, ms, po)));
+        else if (p.max_vec <= 8) MG_TRY((launch_partial<T, KV, 8>(q, pool, r, w, p, ms, po)));
         else if (p.max_vec <= 16) MG_TRY((launch_partial<T, KV, 16>(q, pool, r, w, p, ms, po)));
-        else if (p.max_vec <= 32) MG_TRY((launch_partial<T, KV, 32>(q, pool, r, w, p, ms, po)));
-        else
-            return mg_error_set(MG_ERR_UNSUPPORTED, "attention: GQA group %d (at most %d query heads per KV head)",
-                                p.group, 32 / MG_ATTN_QG);
+        else MG_TRY((launch_partial<T, KV, 32>(q, pool, r, w, p, ms, po)));
     }
     const int warps = n_rows * p.n_heads;
     attn_merge_kernel<T><<<mg_div_up(warps, 4), 128, 0, mg_cuda.stream>>>((T *)out, ms, po, w->n_chunks,
@@ -343,7 +364,10 @@ mg_status mg_cuda_attention(void *out, const void *q, const mg_kv_pool *pool, in
     p.layer = layer;
     p.block_size = pool->block_size;
     p.n_blocks = pool->n_blocks;
-    p.max_vec = MG_ATTN_QG * p.group;
+    if (MG_ATTN_QG * p.group > 32)
+        return mg_error_set(MG_ERR_UNSUPPORTED, "attention: GQA group %d (at most %d query heads per KV head)",
+                            p.group, 32 / MG_ATTN_QG);
+    p.max_vec = w->group_rows * p.group; /* a decode step has 1 row per group */
     p.sub = MG_ATTN_CHUNK;
     p.scale = 1.0f / sqrtf((float)hd);
     /* Partials: (m, s) pairs first (8-byte aligned), then the outputs. */

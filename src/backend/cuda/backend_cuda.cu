@@ -162,10 +162,10 @@ static void entry_free(weights_entry *e) {
     memset(e, 0, sizeof *e);
 }
 
-/* Copies `bytes` of host data to a new device buffer owned by e. */
-static mg_status upload_new(weights_entry *e, const void *src, size_t bytes, void **out) {
+/* A new device buffer of `bytes` (> 0), recorded in e->allocs, so that
+ * entry_free frees it. MG_ERR_OOM with the size and free memory on failure. */
+static mg_status alloc_owned(weights_entry *e, size_t bytes, void **out) {
     *out = NULL;
-    if (!src) return MG_OK;
     if (e->n_allocs == e->cap_allocs) {
         int cap = e->cap_allocs ? 2 * e->cap_allocs : 64;
         void **a = (void **)realloc(e->allocs, (size_t)cap * sizeof(void *));
@@ -183,6 +183,17 @@ static mg_status upload_new(weights_entry *e, const void *src, size_t bytes, voi
                             bytes, free_b, total_b);
     }
     e->allocs[e->n_allocs++] = p;
+    *out = p;
+    return MG_OK;
+}
+
+/* Copies `bytes` of host data to a new device buffer owned by e (NULL src:
+ * *out = NULL, nothing allocated). */
+static mg_status upload_new(weights_entry *e, const void *src, size_t bytes, void **out) {
+    *out = NULL;
+    if (!src) return MG_OK;
+    void *p;
+    MG_TRY(alloc_owned(e, bytes, &p));
     /* Synchronous copy: the host data may be an mmap that is unmapped later. */
     MG_CUDA_TRY(cudaMemcpy(p, src, bytes, cudaMemcpyHostToDevice));
     *out = p;
@@ -198,6 +209,38 @@ static mg_status upload_matrix(weights_entry *e, const mg_matrix *src, mg_matrix
     void *p;
     MG_TRY(upload_new(e, src->data, matrix_bytes(src), &p));
     dst->data = p;
+    return MG_OK;
+}
+
+/* Uploads n (<= 4) matrices that one matmul_multi reads (q/k/v, gate/up)
+ * back to back into ONE device buffer owned by e, in order: dst[p] is src[p]
+ * with data pointing at part p's own rows, so every op sees its usual matrix
+ * and the FAST path finds them stacked (matmul.cu parts_stacked) and runs one
+ * GEMM. Stacked only when all are present and share dtype and cols, and each
+ * part but the last is a multiple of 256 bytes (every part keeps cudaMalloc's
+ * alignment); otherwise each is uploaded on its own. Same bytes either way. */
+static mg_status upload_stacked(weights_entry *e, const mg_matrix *const *src, mg_matrix *const *dst, int n) {
+    int stack = 1;
+    size_t total = 0;
+    for (int p = 0; p < n; p++) {
+        stack &= src[p]->data && src[p]->dtype == src[0]->dtype && src[p]->cols == src[0]->cols &&
+                 (p == n - 1 || matrix_bytes(src[p]) % 256 == 0);
+        total += matrix_bytes(src[p]);
+    }
+    if (!stack || total == 0) {
+        for (int p = 0; p < n; p++) MG_TRY(upload_matrix(e, src[p], dst[p]));
+        return MG_OK;
+    }
+    void *base; /* (sum of rows, cols): part p at the sum of the parts' bytes before it */
+    MG_TRY(alloc_owned(e, total, &base));
+    size_t off = 0;
+    for (int p = 0; p < n; p++) {
+        *dst[p] = *src[p];
+        dst[p]->data = (char *)base + off;
+        /* Synchronous copy, as upload_new. */
+        MG_CUDA_TRY(cudaMemcpy((char *)base + off, src[p]->data, matrix_bytes(src[p]), cudaMemcpyHostToDevice));
+        off += matrix_bytes(src[p]);
+    }
     return MG_OK;
 }
 
@@ -226,12 +269,11 @@ static mg_status upload_model(weights_entry *e, const mg_model *model) {
         mg_layer_weights *d = &e->layers[l];
         MG_TRY(upload_vec(e, s->attn_norm, (size_t)c->dim, &d->attn_norm));
         MG_TRY(upload_vec(e, s->mlp_norm, (size_t)c->dim, &d->mlp_norm));
-        MG_TRY(upload_matrix(e, &s->wq, &d->wq));
-        MG_TRY(upload_matrix(e, &s->wk, &d->wk));
-        MG_TRY(upload_matrix(e, &s->wv, &d->wv));
+        const mg_matrix *qkv_src[3] = {&s->wq, &s->wk, &s->wv}, *gate_up_src[2] = {&s->w_gate, &s->w_up};
+        mg_matrix *qkv_dst[3] = {&d->wq, &d->wk, &d->wv}, *gate_up_dst[2] = {&d->w_gate, &d->w_up};
+        MG_TRY(upload_stacked(e, qkv_src, qkv_dst, 3));
         MG_TRY(upload_matrix(e, &s->wo, &d->wo));
-        MG_TRY(upload_matrix(e, &s->w_gate, &d->w_gate));
-        MG_TRY(upload_matrix(e, &s->w_up, &d->w_up));
+        MG_TRY(upload_stacked(e, gate_up_src, gate_up_dst, 2));
         MG_TRY(upload_matrix(e, &s->w_down, &d->w_down));
         MG_TRY(upload_vec(e, s->bq, qd, &d->bq));
         MG_TRY(upload_vec(e, s->bk, kvd, &d->bk));
@@ -304,6 +346,7 @@ static int fast_chunk_len(int len, int n_rows) {
 typedef struct {
     const int32_t *buf;
     int n_rows, bt_cap, items_cap, parts_cap;
+    int group_rows[2]; /* per kernel mode: the attention launch depends on it */
     unsigned buffers_gen;
 } rows_layout;
 /* Rows state per device (RS: the calling thread's device). */
@@ -325,7 +368,8 @@ static rows_state rows_devs[MG_CUDA_MAX_DEV];
 
 static int layout_eq(const rows_layout *a, const rows_layout *b) {
     return a->buf == b->buf && a->n_rows == b->n_rows && a->bt_cap == b->bt_cap && a->items_cap == b->items_cap &&
-           a->parts_cap == b->parts_cap && a->buffers_gen == b->buffers_gen;
+           a->parts_cap == b->parts_cap && a->group_rows[0] == b->group_rows[0] &&
+           a->group_rows[1] == b->group_rows[1] && a->buffers_gen == b->buffers_gen;
 }
 
 static size_t pow2_at_least(size_t v, size_t lo) {
@@ -378,7 +422,7 @@ static mg_status cuda_rows_prepare(mg_attn_rows *rows) {
     }
     size_t off[2][5]; /* per mode: groups, items, n_chunks, part_base, n_items (int32 offsets) */
     size_t cur = 3 * (size_t)n + bt_cap;
-    int counts[2][3];
+    int counts[2][4];
     for (int mode = 0; mode < 2; mode++) {
         int32_t *groups = h + cur;
         int g = 0;
@@ -399,9 +443,10 @@ static mg_status cuda_rows_prepare(mg_attn_rows *rows) {
         int32_t *items = groups + 3 * (size_t)n;
         int n_items = 0;
         int32_t *nch = items + 2 * items_cap, *pbase = nch + n;
-        int n_parts = 0;
+        int n_parts = 0, group_rows = 1;
         for (int gi = 0; gi < g; gi++) {
             int r0 = groups[3 * gi], r1 = groups[3 * gi + 1], len = 1;
+            if (r1 - r0 > group_rows) group_rows = r1 - r0;
             for (int r = r0; r < r1; r++)
                 if (pos[r] + 1 > len) len = pos[r] + 1;
             const int cl = chunk_of(r0); /* every row of the group has this length */
@@ -427,6 +472,7 @@ static mg_status cuda_rows_prepare(mg_attn_rows *rows) {
         counts[mode][0] = g;
         counts[mode][1] = n_items;
         counts[mode][2] = n_parts;
+        counts[mode][3] = group_rows;
         cur = off[mode][4] + 1;
     }
     if (cur > RS.rows_buf_cap) {
@@ -455,6 +501,7 @@ static mg_status cuda_rows_prepare(mg_attn_rows *rows) {
         w->n_groups = counts[mode][0];
         w->n_items = counts[mode][1];
         w->n_parts = counts[mode][2];
+        w->group_rows = counts[mode][3];
         w->items_grid = items_grid;
         w->groups = RS.rows_buf + off[mode][0];
         w->items = RS.rows_buf + off[mode][1];
@@ -462,7 +509,8 @@ static mg_status cuda_rows_prepare(mg_attn_rows *rows) {
         w->part_base = RS.rows_buf + off[mode][3];
         w->n_items_dev = RS.rows_buf + off[mode][4];
     }
-    RS.rows_cur = (rows_layout){RS.rows_buf, n, (int)bt_cap, (int)items_cap, (int)items_cap, 0};
+    RS.rows_cur = (rows_layout){RS.rows_buf, n, (int)bt_cap, (int)items_cap, (int)items_cap,
+                                {counts[0][3], counts[1][3]}, 0};
     rows->dev = &RS.rows_dev;
     return MG_OK;
 }
@@ -618,6 +666,7 @@ static mg_status cuda_init(int dev) {
     mg_cuda.skinny_max_rows = env_int("MG_CUDA_SKINNY_MAX", 32);
     mg_cuda.skinny_v2 = env_int("MG_CUDA_SKINNY_V2", 1) != 0;
     mg_cuda.graphs = env_int("MG_CUDA_GRAPHS", 1) != 0;
+    mg_cuda.attn_tile_keys = env_int("MG_CUDA_ATTN_TILE", 0);
     const char *fg = getenv("MG_CUDA_FAST_GEMM");
     mg_cuda.fast_gemm_tc = fg && !strcmp(fg, "tc");
     mg_cuda.ready = 1;

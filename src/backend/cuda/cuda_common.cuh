@@ -56,6 +56,8 @@ typedef struct {
     int fast_gemm_tc;     /* MG_CUDA_FAST_GEMM=tc: the fast path uses the invariant kernels too */
     int skinny_v2;        /* MG_CUDA_SKINNY_V2 (default 1): skinny kernel issues a split's weight loads up front */
     int graphs;           /* MG_CUDA_GRAPHS (default 1): decode passes replay CUDA graphs */
+    int attn_tile_keys;   /* MG_CUDA_ATTN_TILE: keys per K/V tile in the attention's shared memory (a multiple of
+                             32 up to MG_ATTN_CHUNK; 0: the whole chunk); stages loads only, changes no bit */
     unsigned buffers_gen; /* bumped whenever a scratch buffer moves or any buffer is freed (graphs
                              recorded addresses; a replay needs them all unchanged) */
 } mg_cuda_ctx;
@@ -67,8 +69,17 @@ extern thread_local int mg_cuda_dev;
 
 /* Growable device scratch, one per purpose; the pointer stays valid until
  * the next call with the same slot. Waits for pending work before growing. */
-/* MG_SCRATCH_MM_SPLIT: the invariant matmul's K-split workspace (matmul_tc.cu). */
-enum { MG_SCRATCH_ATTN = 0, MG_SCRATCH_GEMM = 1, MG_SCRATCH_TMP = 2, MG_SCRATCH_MM_SPLIT = 3, MG_SCRATCH_COUNT };
+/* MG_SCRATCH_MM_SPLIT: the invariant matmul's K-split workspace (matmul_tc.cu).
+ * MG_SCRATCH_FUSED: the FAST path's one GEMM over stacked matmul_multi parts
+ * (matmul.cu lt_stacked). MG_SCRATCH_COUNT follows the last slot. */
+enum {
+    MG_SCRATCH_ATTN = 0,
+    MG_SCRATCH_GEMM = 1,
+    MG_SCRATCH_TMP = 2,
+    MG_SCRATCH_MM_SPLIT = 3,
+    MG_SCRATCH_FUSED = 4,
+    MG_SCRATCH_COUNT
+};
 mg_status mg_cuda_scratch(int slot, size_t bytes, void **out);
 
 /* ---- rows metadata (rows_prepare) --------------------------------------- */
@@ -83,6 +94,7 @@ mg_status mg_cuda_scratch(int slot, size_t bytes, void **out);
  * row the number of chunks and the index of its first partial. */
 typedef struct {
     int n_groups, n_items, n_parts;
+    int group_rows;           /* rows of the largest group (1..MG_ATTN_QG): sizes the attention's shared memory */
     int items_grid;           /* blocks along the items: fixed by the layout, each loops over the items */
     const int32_t *n_items_dev; /* device (1): n_items, read by the attention kernel */
     const int32_t *groups;    /* device (n_groups, 3): first row, end row, chunk length */

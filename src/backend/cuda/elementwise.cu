@@ -63,7 +63,8 @@ mg_status mg_cuda_embed(void *out, const mg_matrix *table, const mg_attn_rows *r
 
 /* ---- RMSNorm ------------------------------------------------------------------ */
 
-/* With x_add: x = rnd(x + y) first (stored back), then out = norm(x). */
+/* With x_add: x = rnd(x + y) first (stored back), then out = norm(x).
+ * The general kernel (any dim): thread t takes columns t, t + 256, ... */
 template <typename T, bool ADD>
 __global__ void __launch_bounds__(NORM_THREADS)
     rmsnorm_kernel(T *out, T *x, const T *y, const float *weight, int dim, float eps) {
@@ -90,14 +91,98 @@ __global__ void __launch_bounds__(NORM_THREADS)
     }
 }
 
+/* The vector kernel (dim a multiple of E, the values of 16 bytes; at most
+ * VPT vectors per thread): thread t takes vectors t, t + 256, ... (E
+ * consecutive columns each), issues every load of its row before the first
+ * use and keeps the row in registers, so a row costs one round trip to
+ * memory instead of one per column group. The same formulas as above; the
+ * squares are summed in the thread's column order, then the same block tree:
+ * a row's result depends only on the row. */
+template <typename T> struct vec16 {
+    static constexpr int E = 16 / sizeof(T);
+    static __device__ __forceinline__ void load(const T *p, float *f) {
+        const uint4 u = *(const uint4 *)p;
+        const T *e = (const T *)&u;
+#pragma unroll
+        for (int i = 0; i < E; i++) f[i] = to_f(e[i]);
+    }
+    static __device__ __forceinline__ void store(T *p, const float *f) {
+        uint4 u;
+        T *e = (T *)&u;
+#pragma unroll
+        for (int i = 0; i < E; i++) e[i] = from_f<T>(f[i]);
+        *(uint4 *)p = u;
+    }
+};
+
+template <typename T, bool ADD, int VPT>
+__global__ void __launch_bounds__(NORM_THREADS)
+    rmsnorm_vec_kernel(T *out, T *x, const T *y, const float *weight, int dim, float eps) {
+    constexpr int E = vec16<T>::E;
+    __shared__ float red[32];
+    const size_t base = (size_t)blockIdx.x * dim;
+    const int n_vec = dim / E;
+    float v[VPT][E]; /* this thread's columns of the row */
+#pragma unroll
+    for (int i = 0; i < VPT; i++) {
+        const int c = (threadIdx.x + i * NORM_THREADS) * E;
+        if (c >= n_vec * E) continue;
+        vec16<T>::load(x + base + c, v[i]);
+        if (ADD) {
+            float w[E];
+            vec16<T>::load(y + base + c, w);
+#pragma unroll
+            for (int e = 0; e < E; e++) v[i][e] = rnd<T>(v[i][e] + w[e]);
+        }
+    }
+    float ss = 0.0f;
+#pragma unroll
+    for (int i = 0; i < VPT; i++) {
+        const int c = (threadIdx.x + i * NORM_THREADS) * E;
+        if (c >= n_vec * E) continue;
+        if (ADD) vec16<T>::store(x + base + c, v[i]);
+#pragma unroll
+        for (int e = 0; e < E; e++) ss += v[i][e] * v[i][e];
+    }
+    ss = block_sum(ss, red);
+    const float inv = 1.0f / sqrtf(ss / (float)dim + eps);
+#pragma unroll
+    for (int i = 0; i < VPT; i++) {
+        const int c = (threadIdx.x + i * NORM_THREADS) * E;
+        if (c >= n_vec * E) continue;
+        float o[E];
+#pragma unroll
+        for (int e = 0; e < E; e++) o[e] = weight[c + e] * rnd<T>(v[i][e] * inv);
+        vec16<T>::store(out + base + c, o);
+    }
+}
+
+/* Launches the vector kernel when the rows allow it (16-byte aligned rows,
+ * at most 8 vectors per thread), else the general one. out may alias x. */
+template <typename T, bool ADD>
+static void launch_rmsnorm(T *out, T *x, const T *y, const float *weight, int n, int dim, float eps) {
+    constexpr int E = vec16<T>::E;
+    const int per_thread = mg_div_up(dim / E, NORM_THREADS);
+    const int aligned = (((uintptr_t)out | (uintptr_t)x | (uintptr_t)y) & 15) == 0;
+    cudaStream_t s = mg_cuda.stream;
+    if (dim % E != 0 || per_thread > 8 || !aligned)
+        rmsnorm_kernel<T, ADD><<<n, NORM_THREADS, 0, s>>>(out, x, y, weight, dim, eps);
+    else if (per_thread <= 1)
+        rmsnorm_vec_kernel<T, ADD, 1><<<n, NORM_THREADS, 0, s>>>(out, x, y, weight, dim, eps);
+    else if (per_thread <= 2)
+        rmsnorm_vec_kernel<T, ADD, 2><<<n, NORM_THREADS, 0, s>>>(out, x, y, weight, dim, eps);
+    else if (per_thread <= 4)
+        rmsnorm_vec_kernel<T, ADD, 4><<<n, NORM_THREADS, 0, s>>>(out, x, y, weight, dim, eps);
+    else
+        rmsnorm_vec_kernel<T, ADD, 8><<<n, NORM_THREADS, 0, s>>>(out, x, y, weight, dim, eps);
+}
+
 mg_status mg_cuda_rmsnorm(void *out, const void *in, const float *weight, int n, int dim, float eps, int round_bf16) {
     if (n == 0) return MG_OK;
     if (round_bf16)
-        rmsnorm_kernel<bf16, false><<<n, NORM_THREADS, 0, mg_cuda.stream>>>((bf16 *)out, (bf16 *)in, NULL, weight,
-                                                                             dim, eps);
+        launch_rmsnorm<bf16, false>((bf16 *)out, (bf16 *)in, NULL, weight, n, dim, eps);
     else
-        rmsnorm_kernel<float, false><<<n, NORM_THREADS, 0, mg_cuda.stream>>>((float *)out, (float *)in, NULL, weight,
-                                                                              dim, eps);
+        launch_rmsnorm<float, false>((float *)out, (float *)in, NULL, weight, n, dim, eps);
     MG_CUDA_LAUNCHED("rmsnorm");
     return MG_OK;
 }
@@ -106,11 +191,9 @@ mg_status mg_cuda_add_rmsnorm(void *x, const void *y, void *out, const float *we
                               int round_bf16) {
     if (n == 0) return MG_OK;
     if (round_bf16)
-        rmsnorm_kernel<bf16, true><<<n, NORM_THREADS, 0, mg_cuda.stream>>>((bf16 *)out, (bf16 *)x, (const bf16 *)y,
-                                                                            weight, dim, eps);
+        launch_rmsnorm<bf16, true>((bf16 *)out, (bf16 *)x, (const bf16 *)y, weight, n, dim, eps);
     else
-        rmsnorm_kernel<float, true><<<n, NORM_THREADS, 0, mg_cuda.stream>>>((float *)out, (float *)x,
-                                                                             (const float *)y, weight, dim, eps);
+        launch_rmsnorm<float, true>((float *)out, (float *)x, (const float *)y, weight, n, dim, eps);
     MG_CUDA_LAUNCHED("add_rmsnorm");
     return MG_OK;
 }

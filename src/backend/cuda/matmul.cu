@@ -6,8 +6,11 @@
  *   kernel per M, as in production engines: the source of batch-induced
  *   flips on the GPU); a bias goes through an FP32 result and one epilogue
  *   kernel, so that the bias is added before the single BF16 rounding, as
- *   the reference does. MG_CUDA_FAST_GEMM=tc sends FAST to the tensor-core
- *   kernels instead (for comparisons).
+ *   the reference does. matmul_multi parts whose weights lie back to back
+ *   (upload_model stacks q/k/v and gate/up) run as one GEMM over the stacked
+ *   rows and one kernel that scatters the columns to each part's output.
+ *   MG_CUDA_FAST_GEMM=tc sends FAST to the tensor-core kernels instead (for
+ *   comparisons).
  * - BF16 activations, BF16 weights, K % 32 == 0, INVARIANT: the
  *   tensor-core kernels, one reduction order for every M.
  * - everything else (FP32 activations (--fp32), F32 weights (llama2.c
@@ -120,6 +123,84 @@ static mg_status lt_one(void *out, const void *x, const mg_matrix *w, const floa
     return MG_OK;
 }
 
+/* ---- one GEMM over stacked parts (FAST) ------------------------------------------ */
+
+/* Largest batch that stacked parts run as one GEMM: the gain is at decode,
+ * where the GEMMs are weight-bound (a narrow k or v projection alone runs
+ * its weights slowly); at prefill each GEMM is compute-bound anyway, and the
+ * scratch (M x all parts' rows) and the scatter's extra pass would grow with M. */
+#define LT_STACK_MAX_ROWS 256
+
+/* Where the columns of a stacked GEMM go: part p owns n[p] consecutive
+ * columns, in part order. */
+typedef struct {
+    void *out[MG_TC_MAX_SEGS];         /* part p: (M, n[p]), TO */
+    const float *bias[MG_TC_MAX_SEGS]; /* part p: (n[p]) or NULL */
+    int n[MG_TC_MAX_SEGS];
+    int n_total; /* sum of n[p] */
+} lt_scatter;
+
+/* out_p[i, c] = acc[i, c0_p + c] (+ bias_p[c]), rounded once to TO, for every
+ * part p (c0_p: the columns of the parts before p): the per-part result of
+ * lt_one, bias_store included. acc (M, n_total) is FP32 when a bias is added
+ * or the output is FP32, else BF16 (then a plain copy). Grid: x strides over
+ * the columns, y = the row. */
+template <typename TA, typename TO> __global__ void lt_scatter_kernel(lt_scatter s, const TA *acc) {
+    const size_t i = blockIdx.y;
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < s.n_total; c += gridDim.x * blockDim.x) {
+        int p = 0, c0 = 0;
+        while (c - c0 >= s.n[p]) c0 += s.n[p++];
+        float v = to_f(acc[i * s.n_total + c]);
+        if (s.bias[p]) v += s.bias[p][c - c0];
+        ((TO *)s.out[p])[i * s.n[p] + (c - c0)] = from_f<TO>(v);
+    }
+}
+
+/* Whether the parts' weights are one stacked matrix: part p + 1's rows start
+ * right where part p's end (upload_model lays out q/k/v and gate/up so). The
+ * caller has checked that they are BF16 and share cols. Two separate
+ * allocations that happen to be adjacent pass too, and are read correctly:
+ * the GEMM reads exactly the parts' rows, wherever they came from. */
+static int parts_stacked(const mg_matmul_part *parts, int n_parts) {
+    if (n_parts < 2) return 0;
+    for (int p = 1; p < n_parts; p++) {
+        const mg_matrix *prev = parts[p - 1].w;
+        const char *end = (const char *)prev->data + (size_t)prev->rows * prev->cols * sizeof(bf16);
+        if ((const char *)parts[p].w->data != end) return 0;
+    }
+    return 1;
+}
+
+/* FAST path, stacked weights (parts_stacked): one cuBLASLt GEMM of x (M, K)
+ * with all the parts' rows into scratch (M, n_total), then lt_scatter_kernel
+ * to each part's out, adding its bias before the single rounding. Same
+ * values as lt_one per part, up to the reduction order cuBLASLt picks for
+ * the wider N (FAST promises no bits). */
+static mg_status lt_stacked(const mg_matmul_part *parts, int n_parts, const void *x, int M, int out_f32) {
+    lt_scatter s = {};
+    int any_bias = 0;
+    for (int p = 0; p < n_parts; p++) {
+        s.out[p] = parts[p].out;
+        s.bias[p] = parts[p].bias;
+        s.n[p] = parts[p].w->rows;
+        s.n_total += s.n[p];
+        any_bias |= parts[p].bias != NULL;
+    }
+    const int acc_f32 = any_bias || out_f32;
+    void *acc; /* (M, n_total), FP32 when acc_f32 else BF16 */
+    MG_TRY(mg_cuda_scratch(MG_SCRATCH_FUSED, (size_t)M * s.n_total * (acc_f32 ? sizeof(float) : sizeof(bf16)), &acc));
+    MG_TRY(mg_cuda_lt_gemm(acc, acc_f32, x, parts[0].w->data, M, s.n_total, parts[0].w->cols));
+    const dim3 grid(mg_div_up((size_t)s.n_total, 256), (unsigned)M);
+    if (!acc_f32)
+        lt_scatter_kernel<bf16, bf16><<<grid, 256, 0, mg_cuda.stream>>>(s, (const bf16 *)acc);
+    else if (out_f32)
+        lt_scatter_kernel<float, float><<<grid, 256, 0, mg_cuda.stream>>>(s, (const float *)acc);
+    else
+        lt_scatter_kernel<float, bf16><<<grid, 256, 0, mg_cuda.stream>>>(s, (const float *)acc);
+    MG_CUDA_LAUNCHED("lt_scatter_kernel");
+    return MG_OK;
+}
+
 /* ---- dispatch -------------------------------------------------------------------- */
 
 typedef enum { PATH_SIMT, PATH_TC, PATH_LT } mm_path;
@@ -145,6 +226,7 @@ static mg_status run_parts(const mg_matmul_part *parts, int n_parts, const void 
         return mg_tc_matmul(p, n_parts, in, n, parts[0].w->cols, out_f32);
     }
     case PATH_LT:
+        if (n <= LT_STACK_MAX_ROWS && parts_stacked(parts, n_parts)) return lt_stacked(parts, n_parts, in, n, out_f32);
         for (int i = 0; i < n_parts; i++) MG_TRY(lt_one(parts[i].out, in, parts[i].w, parts[i].bias, n, out_f32));
         return MG_OK;
     default:
