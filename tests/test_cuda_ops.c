@@ -1032,17 +1032,16 @@ static void expect_back_to_back(const char *what, int layer, const mg_matrix *co
     }
 }
 
-/* The GPU's weights_acquire stacks each layer's q/k/v and gate/up (the
- * shapes allow it: every part a multiple of 256 bytes), which sends the
- * forward pass's FAST matmul_multi to one GEMM each (matmul.cu). */
+/* The GPU's weights_acquire stacks each layer's q/k/v (the shapes allow it:
+ * every part a multiple of 256 bytes), which sends the forward pass's FAST
+ * q/k/v matmul_multi to one GEMM (matmul.cu). */
 static void expect_stacked_weights(const mg_backend_ops *g, const mg_model *m) {
     const mg_weights *w;
     cr_assert_eq(g->weights_acquire(&w, m), MG_OK, "%s", mg_error_last());
     for (int l = 0; l < m->config.n_layers; l++) {
         const mg_layer_weights *lw = &w->layers[l];
-        const mg_matrix *qkv[3] = {&lw->wq, &lw->wk, &lw->wv}, *gate_up[2] = {&lw->w_gate, &lw->w_up};
+        const mg_matrix *qkv[3] = {&lw->wq, &lw->wk, &lw->wv};
         expect_back_to_back("q/k/v", l, qkv, 3);
-        expect_back_to_back("gate/up", l, gate_up, 2);
     }
     g->weights_release(m);
 }

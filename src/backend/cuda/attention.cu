@@ -22,7 +22,9 @@
  *   output: per dim, a sequential FMA chain over the chunk's keys.
  * None of it depends on which other vectors share the block, so the result
  * of a row is the same in any batch (for a fixed chunk length).
- * attn_merge_kernel: one warp per (row, head), the CPU's merge formulas. */
+ * attn_merge_kernel: one warp per (row, head): the partials weighted by
+ * s_c exp(m_c - max), summed in chunk order (the CPU merges left to right
+ * with a running max: the same value up to rounding). */
 #include <math.h>
 
 #include "cuda_common.cuh"
@@ -244,11 +246,13 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32)
     }
 }
 
-/* One warp per (row, head); lane l takes dims l, l + 32, ... (up to
- * MERGE_DIMS of them at once, so that their chunk loads are in flight
- * together). Per dim the CPU's merge, left to right over the chunks:
- *   m' = max(m, m_c); a = exp(m - m'); w = s_c exp(m_c - m');
- *   acc = acc a + out_c w; s = s a + w; out = acc / s. */
+/* One warp per (row, head). A row of one chunk copies its partial. Else,
+ * with M the largest chunk max (exact in any order) and per chunk c the
+ * weight w_c = s_c exp(m_c - M) (computed alike by every lane):
+ *   out = (sum_c w_c out_c) / (sum_c w_c), both sums in chunk order;
+ * lane l takes dims l, l + 32, ... (MERGE_DIMS at once, so that their chunk
+ * loads are in flight together; the weights do not depend on the dim, so
+ * no chain waits on an exp). The order depends on the row's chunks only. */
 #define MERGE_DIMS 4
 template <typename T>
 __global__ void attn_merge_kernel(T *out, const float2 *part_ms, const float *part_out, const int32_t *n_chunks,
@@ -262,36 +266,27 @@ __global__ void attn_merge_kernel(T *out, const float2 *part_ms, const float *pa
     T *o = out + ((size_t)row * n_heads + h) * hd;
     const float *po = part_out + (base * n_heads + h) * hd;
     const float2 *ms = part_ms + base * n_heads + h;
+    if (nc == 1) {
+        for (int d = lane; d < hd; d += 32) o[d] = from_f<T>(po[d]);
+        return;
+    }
+    float m = -INFINITY;
+    for (int c = lane; c < nc; c += 32) m = fmaxf(m, ms[(size_t)c * n_heads].x);
+    for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
     for (int d0 = lane; d0 < hd; d0 += 32 * MERGE_DIMS) {
-        float acc[MERGE_DIMS];
-        const float2 ms0 = ms[0];
-        float m = ms0.x, s = ms0.y;
-#pragma unroll
-        for (int i = 0; i < MERGE_DIMS; i++) {
-            const int d = d0 + 32 * i;
-            acc[i] = d < hd ? (nc == 1 ? po[d] : po[d] * s) : 0.0f;
-        }
-        if (nc > 1) {
+        float acc[MERGE_DIMS] = {}, sum = 0.0f;
 #pragma unroll 4
-            for (int c = 1; c < nc; c++) {
-                const float2 mc = ms[(size_t)c * n_heads];
-                const float m2 = fmaxf(m, mc.x);
-                const float a = expf(m - m2), b = expf(mc.x - m2);
-                const float wb = mc.y * b;
+        for (int c = 0; c < nc; c++) {
+            const float2 mc = ms[(size_t)c * n_heads];
+            const float w = mc.y * expf(mc.x - m);
 #pragma unroll
-                for (int i = 0; i < MERGE_DIMS; i++) {
-                    const int d = d0 + 32 * i;
-                    if (d < hd) acc[i] = acc[i] * a + po[(size_t)c * stride + d] * wb;
-                }
-                s = s * a + wb;
-                m = m2;
-            }
+            for (int i = 0; i < MERGE_DIMS; i++)
+                if (d0 + 32 * i < hd) acc[i] = fmaf(po[(size_t)c * stride + d0 + 32 * i], w, acc[i]);
+            sum += w;
         }
 #pragma unroll
-        for (int i = 0; i < MERGE_DIMS; i++) {
-            const int d = d0 + 32 * i;
-            if (d < hd) o[d] = from_f<T>(nc == 1 ? acc[i] : acc[i] / s);
-        }
+        for (int i = 0; i < MERGE_DIMS; i++)
+            if (d0 + 32 * i < hd) o[d0 + 32 * i] = from_f<T>(acc[i] / sum);
     }
 }
 

@@ -132,27 +132,40 @@ static mg_status lt_one(void *out, const void *x, const mg_matrix *w, const floa
 #define LT_STACK_MAX_ROWS 256
 
 /* Where the columns of a stacked GEMM go: part p owns n[p] consecutive
- * columns, in part order. */
+ * columns from c0[p], in part order. */
 typedef struct {
     void *out[MG_TC_MAX_SEGS];         /* part p: (M, n[p]), TO */
     const float *bias[MG_TC_MAX_SEGS]; /* part p: (n[p]) or NULL */
-    int n[MG_TC_MAX_SEGS];
+    int n[MG_TC_MAX_SEGS], c0[MG_TC_MAX_SEGS];
     int n_total; /* sum of n[p] */
 } lt_scatter;
 
-/* out_p[i, c] = acc[i, c0_p + c] (+ bias_p[c]), rounded once to TO, for every
- * part p (c0_p: the columns of the parts before p): the per-part result of
- * lt_one, bias_store included. acc (M, n_total) is FP32 when a bias is added
- * or the output is FP32, else BF16 (then a plain copy). Grid: x strides over
- * the columns, y = the row. */
-template <typename TA, typename TO> __global__ void lt_scatter_kernel(lt_scatter s, const TA *acc) {
+/* out_p[i, c] = acc[i, c0_p + c] (+ bias_p[c]), rounded once to TO: the
+ * per-part result of lt_one, bias_store included. acc (M, n_total) is FP32
+ * when a bias is added or the output is FP32, else BF16. Grid: x strides
+ * over the part's columns (VEC consecutive ones per thread: 16-byte copies
+ * of a BF16 acc without bias), y = the row, z = the part. The part's fields
+ * are picked with constant indices (a dynamic index would copy the whole
+ * parameter struct to local memory in every thread). */
+template <typename TA, typename TO, int VEC> __global__ void lt_scatter_kernel(lt_scatter s, const TA *acc) {
+    const int p = blockIdx.z;
+    int n = 0, c0 = 0;
+    TO *out = NULL;
+    const float *bias = NULL;
+#pragma unroll
+    for (int q = 0; q < MG_TC_MAX_SEGS; q++)
+        if (q == p) n = s.n[q], c0 = s.c0[q], out = (TO *)s.out[q], bias = s.bias[q];
     const size_t i = blockIdx.y;
-    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < s.n_total; c += gridDim.x * blockDim.x) {
-        int p = 0, c0 = 0;
-        while (c - c0 >= s.n[p]) c0 += s.n[p++];
-        float v = to_f(acc[i * s.n_total + c]);
-        if (s.bias[p]) v += s.bias[p][c - c0];
-        ((TO *)s.out[p])[i * s.n[p] + (c - c0)] = from_f<TO>(v);
+    const TA *src = acc + i * s.n_total + c0;
+    TO *dst = out + i * n;
+    for (int c = (blockIdx.x * blockDim.x + threadIdx.x) * VEC; c < n; c += gridDim.x * blockDim.x * VEC) {
+        if (VEC > 1) {
+            *(uint4 *)(dst + c) = *(const uint4 *)(src + c);
+        } else {
+            float v = to_f(src[c]);
+            if (bias) v += bias[c];
+            dst[c] = from_f<TO>(v);
+        }
     }
 }
 
@@ -178,25 +191,31 @@ static int parts_stacked(const mg_matmul_part *parts, int n_parts) {
  * the wider N (FAST promises no bits). */
 static mg_status lt_stacked(const mg_matmul_part *parts, int n_parts, const void *x, int M, int out_f32) {
     lt_scatter s = {};
-    int any_bias = 0;
+    int any_bias = 0, all_vec = 1, max_n = 0;
     for (int p = 0; p < n_parts; p++) {
         s.out[p] = parts[p].out;
         s.bias[p] = parts[p].bias;
         s.n[p] = parts[p].w->rows;
+        s.c0[p] = s.n_total;
         s.n_total += s.n[p];
         any_bias |= parts[p].bias != NULL;
+        all_vec &= s.n[p] % 8 == 0 && ((uintptr_t)parts[p].out & 15) == 0;
+        if (s.n[p] > max_n) max_n = s.n[p];
     }
     const int acc_f32 = any_bias || out_f32;
     void *acc; /* (M, n_total), FP32 when acc_f32 else BF16 */
     MG_TRY(mg_cuda_scratch(MG_SCRATCH_FUSED, (size_t)M * s.n_total * (acc_f32 ? sizeof(float) : sizeof(bf16)), &acc));
     MG_TRY(mg_cuda_lt_gemm(acc, acc_f32, x, parts[0].w->data, M, s.n_total, parts[0].w->cols));
-    const dim3 grid(mg_div_up((size_t)s.n_total, 256), (unsigned)M);
-    if (!acc_f32)
-        lt_scatter_kernel<bf16, bf16><<<grid, 256, 0, mg_cuda.stream>>>(s, (const bf16 *)acc);
+    const int vec = !acc_f32 && all_vec ? 8 : 1;
+    const dim3 grid(mg_div_up((size_t)max_n, 256 * (size_t)vec), (unsigned)M, (unsigned)n_parts);
+    if (vec == 8)
+        lt_scatter_kernel<bf16, bf16, 8><<<grid, 256, 0, mg_cuda.stream>>>(s, (const bf16 *)acc);
+    else if (!acc_f32)
+        lt_scatter_kernel<bf16, bf16, 1><<<grid, 256, 0, mg_cuda.stream>>>(s, (const bf16 *)acc);
     else if (out_f32)
-        lt_scatter_kernel<float, float><<<grid, 256, 0, mg_cuda.stream>>>(s, (const float *)acc);
+        lt_scatter_kernel<float, float, 1><<<grid, 256, 0, mg_cuda.stream>>>(s, (const float *)acc);
     else
-        lt_scatter_kernel<float, bf16><<<grid, 256, 0, mg_cuda.stream>>>(s, (const float *)acc);
+        lt_scatter_kernel<float, bf16, 1><<<grid, 256, 0, mg_cuda.stream>>>(s, (const float *)acc);
     MG_CUDA_LAUNCHED("lt_scatter_kernel");
     return MG_OK;
 }
