@@ -35,6 +35,7 @@
 typedef struct {
     int n_heads, n_kv_heads, hd, group; /* group = n_heads / n_kv_heads */
     int layer, block_size, n_blocks;
+    int bs_shift; /* log2(block_size) when a power of two, else -1 */
     int max_vec; /* rows of the pass's largest query group x group */
     int sub;     /* keys per K/V tile in shared memory (a multiple of ATTN_TILE) */
     float scale;
@@ -80,11 +81,25 @@ static __device__ __forceinline__ void tile_load_async(KV *tile, const KV *cache
     constexpr int E = 16 / sizeof(KV);
     const int hd = p.hd, ld = tile_ld<KV>(hd), per_key = hd / E;
     const size_t kvd = (size_t)p.n_kv_heads * hd;
-    for (int idx = threadIdx.x; idx < nt * per_key; idx += blockDim.x) {
-        const int j = idx / per_key, d = (idx % per_key) * E, key = tb + j;
-        const size_t row = ((size_t)p.layer * p.n_blocks + btr[key / p.block_size]) * p.block_size +
-                           key % p.block_size;
-        cp_async16(tile + j * ld + d, cache + row * kvd + (size_t)kvh * hd + d);
+    const KV *head = cache + (size_t)kvh * hd;
+    if (blockDim.x % per_key == 0) {
+        /* A thread keeps its 16 bytes of the row and steps over keys: one
+         * block-table lookup per key (shifts for a power-of-two block size). */
+        const int d = (threadIdx.x % per_key) * E, keys_per_step = blockDim.x / per_key;
+        for (int j = threadIdx.x / per_key; j < nt; j += keys_per_step) {
+            const int key = tb + j;
+            const int blk = p.bs_shift >= 0 ? key >> p.bs_shift : key / p.block_size;
+            const int off = p.bs_shift >= 0 ? key & (p.block_size - 1) : key % p.block_size;
+            const size_t row = ((size_t)p.layer * p.n_blocks + btr[blk]) * p.block_size + off;
+            cp_async16(tile + j * ld + d, head + row * kvd + d);
+        }
+    } else {
+        for (int idx = threadIdx.x; idx < nt * per_key; idx += blockDim.x) {
+            const int j = idx / per_key, d = (idx % per_key) * E, key = tb + j;
+            const size_t row = ((size_t)p.layer * p.n_blocks + btr[key / p.block_size]) * p.block_size +
+                               key % p.block_size;
+            cp_async16(tile + j * ld + d, head + row * kvd + d);
+        }
     }
     asm volatile("cp.async.commit_group;\n" ::);
 }
@@ -316,7 +331,21 @@ static mg_status launch_partial(const void *q, const mg_kv_pool *pool, const mg_
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         opted = smem;
     }
-    dim3 grid((unsigned)w->items_grid, (unsigned)p.n_kv_heads);
+    /* Blocks along the items: at most one wave of resident blocks (they
+     * loop over the items); the layout's items_grid bounds it from above.
+     * A launch of many more blocks than items (the capacity is a power of
+     * two above the worst case) spent its time starting empty blocks. */
+    static int occ_smem[MG_CUDA_MAX_DEV], occ_blocks[MG_CUDA_MAX_DEV]; /* per device: smem -> blocks per SM */
+    if (occ_smem[mg_cuda_dev] != (int)smem) {
+        int nb = 0;
+        MG_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&nb, attn_partial_kernel<T, KV, MAXV>,
+                                                                  ATTN_WARPS * 32, smem));
+        occ_smem[mg_cuda_dev] = (int)smem;
+        occ_blocks[mg_cuda_dev] = nb > 0 ? nb : 1;
+    }
+    const int wave = occ_blocks[mg_cuda_dev] * mg_cuda.n_sm / p.n_kv_heads;
+    const int gx = w->items_grid < wave ? w->items_grid : (wave > 0 ? wave : 1);
+    dim3 grid((unsigned)gx, (unsigned)p.n_kv_heads);
     attn_partial_kernel<T, KV, MAXV><<<grid, ATTN_WARPS * 32, smem, mg_cuda.stream>>>(
         (const T *)q, (const KV *)pool->k, (const KV *)pool->v, p, r->positions, r->bt_off, r->bt, w->groups, w->items,
         w->n_items_dev, w->part_base, ms, po);
@@ -358,6 +387,9 @@ mg_status mg_cuda_attention(void *out, const void *q, const mg_kv_pool *pool, in
     p.group = n_heads / pool->n_kv_heads;
     p.layer = layer;
     p.block_size = pool->block_size;
+    p.bs_shift = -1;
+    for (int b = 0; b < 31; b++)
+        if (pool->block_size == 1 << b) p.bs_shift = b;
     p.n_blocks = pool->n_blocks;
     if (MG_ATTN_QG * p.group > 32)
         return mg_error_set(MG_ERR_UNSUPPORTED, "attention: GQA group %d (at most %d query heads per KV head)",
