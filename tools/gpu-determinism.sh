@@ -14,6 +14,9 @@
 #   bench            (d) decode ms/step per mode and batch, each mode's increment
 #                    over off, and increment(margingate-always) / increment(margingate)
 #                    (margingate-always = tau infinity, every step verified)
+#   calseq           (27m) calibrate --sequences: tau until every sequence agrees
+#   bench-lowtau     (8B) bench of off / margingate / margingate-always at
+#                    MG_DET_LOW_TAU (0.01): MarginGate's cost at a low trigger rate
 # Every step runs under `timeout` within the time budget, prints PASS/FAIL/SKIP
 # and the script goes on. The figures as markdown, then the summary, come last.
 # With OUT set: $OUT/gpu-determinism.md (the figures), gpu-determinism.log (this
@@ -284,11 +287,13 @@ modes_step() { # LABEL MODEL
     fi
 }
 
-bench_step() { # LABEL MODEL
-    local label=$1 model=$2 log=$W/$1-bench.log json=$W/$1-bench.json
+bench_step() { # LABEL MODEL [NAME TAU MODES]: NAME defaults to bench, at the calibrated tau, every mode
+    local label=$1 model=$2 name=${3:-bench} tau=${4:-$TAU}
+    local modes=${5:-off,invariant,llm42,margingate,margingate-always}
+    local log=$W/$1-$name.log json=$W/$1-$name.json
     boxed "$CAP_BN" "$log" "$BIN" bench -m "$model" --device "$DEV" \
-        --modes off,invariant,llm42,margingate,margingate-always --batch "$BN_BATCH" --prompt-len "$BN_PL" \
-        --new "$BN_NEW" --prefill-len "$BN_PREFILL" --tau "$TAU" --dataset gsm8k --json "$json"
+        --modes "$modes" --batch "$BN_BATCH" --prompt-len "$BN_PL" \
+        --new "$BN_NEW" --prefill-len "$BN_PREFILL" --tau "$tau" --dataset gsm8k --json "$json"
     local note=""
     if [ -f "$json" ]; then
         note=$(python3 - "$json" <<'PY' 2>/dev/null
@@ -310,7 +315,20 @@ print("; ".join(out) + (f"; {pre} preemptions" if pre else ""))
 PY
 )
     fi
-    status_of "$label/bench" "$log" "${note:-no JSON}"
+    status_of "$label/$name" "$log" "${note:-no JSON}"
+}
+
+# calibrate --sequences: tau doubled from the flip-study rule until MarginGate
+# decodes every MATH500 prompt alike alone and in a batch of 32 (last: it
+# rewrites the calibration file the steps above read).
+calseq_step() { # LABEL MODEL
+    local label=$1 model=$2 log=$W/$1-calseq.log
+    boxed "$CAP_CAL" "$log" "$BIN" calibrate -m "$model" --dataset math500 --batch 32 --max-new 64 \
+        --limit 32 --max-prompt "$CAL_MAXP" --sequences --device "$DEV"
+    local note
+    note=$(grep -E '^tau [0-9.eE+-]+: ' "$log" | sed 's/ sequences identical alone and in batches of 32;/ identical;/' |
+        sed 's/ of batched decode steps verified/ verified/' | paste -sd ';' | sed 's/;tau/; tau/g' | cut -c1-400)
+    status_of "$label/calseq" "$log" "${note:-no result}"
 }
 
 study_model() { # LABEL MODEL_DIR ORDER...
@@ -326,13 +344,20 @@ study_model() { # LABEL MODEL_DIR ORDER...
             calibrate) calibrate_step "$label" "$model" ;;
             modes) modes_step "$label" "$model" ;;
             bench) bench_step "$label" "$model" ;;
+            calseq) calseq_step "$label" "$model" ;;
+            # Random weights have tiny margins: the calibrated tau verifies most
+            # steps. This prices MarginGate at a low tau instead (the trigger
+            # rate is in the table), for its cost at these shapes, not for
+            # determinism.
+            bench-lowtau) bench_step "$label" "$model" bench-lowtau "${MG_DET_LOW_TAU:-0.01}" \
+                off,margingate,margingate-always ;;
         esac
     done
 }
 
 if "$BIN" --help > /dev/null 2>&1; then
     case ",$PARTS," in
-        *,27m,*) study_model 27m "$MODEL" flips32 flips64 calibrate modes bench ;;
+        *,27m,*) study_model 27m "$MODEL" flips32 flips64 calibrate modes bench calseq ;;
         *) stage 27m SKIP "MG_DET_PARTS=$PARTS" ;;
     esac
     if [ "$SKIP8B" = 1 ]; then
@@ -345,7 +370,7 @@ if "$BIN" --help > /dev/null 2>&1; then
         if [ "$(cat "$W/checkpoint.rc" 2>/dev/null)" = 0 ]; then
             say "8b: checkpoint ready"
             # Most informative first: flips and tau, determinism, TPOT, then batch 64 flips.
-            study_model 8b "$CKPT" flips32 calibrate modes bench flips64
+            study_model 8b "$CKPT" flips32 calibrate modes bench bench-lowtau flips64
         elif [ -n "$CKPT_PID" ] && kill -0 "$CKPT_PID" 2> /dev/null; then
             kill "$CKPT_PID" 2> /dev/null
             stage 8b SKIP "the checkpoint was not written within the budget ($(el)s)"
