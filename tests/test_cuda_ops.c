@@ -719,15 +719,6 @@ Test(cuda_ops, matmul_invariant_forced_tiled_only) {
     forced_matmul_checks(g);
 }
 
-/* The lean 64-row tiles (4 blocks per SM, the total in shared memory) for
- * M 17..64, K split or not: the same checks. */
-Test(cuda_ops, matmul_invariant_forced_lean_tiles) {
-    setenv("MG_CUDA_MM_TILE64_BLOCKS", "4", 1);
-    const mg_backend_ops *g = gpu_with_env("16", NULL);
-    rng_seed(11);
-    forced_matmul_checks(g);
-}
-
 /* ---- RoPE + KV store, attention ----------------------------------------------------------- */
 
 typedef struct {

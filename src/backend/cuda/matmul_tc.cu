@@ -250,15 +250,14 @@ template <int N> static __device__ __forceinline__ void cp_async_wait() {
 }
 
 /* The total lives in shared memory (one slot per thread and accumulator)
- * instead of registers when the warp tile is large and K is not split, or
- * when the kernel must fit 4 blocks per SM (MINB, 64 registers a thread). */
-template <int BM, int BN, int WM, int WN, bool SPLIT, int MINB> struct tl_traits {
+ * instead of registers when the warp tile is large and K is not split. */
+template <int BM, int BN, int WM, int WN, bool SPLIT> struct tl_traits {
     static constexpr int MT = BM / WM / 16, NT = BN / WN / 8, THREADS = WM * WN * 32, NACC = MT * NT * 4;
-    static constexpr bool TOT_SMEM = !SPLIT && (NACC > 16 || MINB >= 4);
+    static constexpr bool TOT_SMEM = !SPLIT && NACC > 16;
 };
-template <int BM, int BN, int WM, int WN, int KS, int ST, bool SPLIT, int MINB> constexpr size_t tl_smem_bytes() {
+template <int BM, int BN, int WM, int WN, int KS, int ST, bool SPLIT> constexpr size_t tl_smem_bytes() {
     return (size_t)ST * KS * (BM + BN) * 32 * sizeof(bf16) +
-           (tl_traits<BM, BN, WM, WN, SPLIT, MINB>::TOT_SMEM ? (size_t)BM * BN * sizeof(float) : 0);
+           (tl_traits<BM, BN, WM, WN, SPLIT>::TOT_SMEM ? (size_t)BM * BN * sizeof(float) : 0);
 }
 
 /* A block: BM weight rows x BN activation rows, WM x WN warps (each
@@ -267,14 +266,11 @@ template <int BM, int BN, int WM, int WN, int KS, int ST, bool SPLIT, int MINB> 
  * Block z takes the 32-column blocks of groups [z * gpb, (z + 1) * gpb).
  * SPLIT (gridDim.z > 1): group results go to the workspace, the tile's last
  * block folds them; otherwise the block keeps the total and stores. */
-/* MINB: blocks per SM the registers must allow (launch bounds). 3 for the
- * unsplit 64-row kernel (80 registers, no spill; ptxas picks 94 by itself);
- * 0: ptxas' choice (80 split, 122-128 at 128); 4: the lean 64-row variant
- * (3 stages, total in shared memory), one wave where 3 left a tail. Where
- * the total lives changes no bit. */
-template <int BM, int BN, int WM, int WN, int KS, int ST, bool SPLIT, typename TO, bool GM, int MINB>
-__global__ void __launch_bounds__(WM *WN * 32, MINB) mm_tiled(mg_tc_args a) {
-    using TR = tl_traits<BM, BN, WM, WN, SPLIT, MINB>;
+/* 3 blocks per SM for the unsplit 64-row kernel (80 registers, no spill;
+ * ptxas picks 94 by itself); 0: ptxas' choice (80 split, 122-128 at 128). */
+template <int BM, int BN, int WM, int WN, int KS, int ST, bool SPLIT, typename TO, bool GM>
+__global__ void __launch_bounds__(WM *WN * 32, (BM == 64 && !SPLIT) ? 3 : 0) mm_tiled(mg_tc_args a) {
+    using TR = tl_traits<BM, BN, WM, WN, SPLIT>;
     constexpr int MT = TR::MT, NT = TR::NT, THREADS = TR::THREADS;
     constexpr bool TOT_SMEM = TR::TOT_SMEM;
     static_assert(KB_SPLIT % KS == 0, "a stage never straddles a split");
@@ -447,7 +443,6 @@ static struct {
                        */
     int split_groups; /* MG_CUDA_MM_SPLIT_GROUPS: groups per block when K is split (0: tiled 1, skinny 2) */
     int tile64_max;   /* MG_CUDA_MM_TILE64_MAX: tiled kernel with 64-row weight tiles up to this M (64) */
-    int tile64_blocks; /* MG_CUDA_MM_TILE64_BLOCKS: 4: the lean variant of the 64-row tiles (4 blocks per SM) */
 } tun;
 
 static int env_int(const char *name, int def) {
@@ -460,7 +455,6 @@ static void tun_init(void) {
     tun.split_blocks = env_int("MG_CUDA_MM_SPLIT_BLOCKS", mg_cuda.n_sm);
     tun.split_groups = env_int("MG_CUDA_MM_SPLIT_GROUPS", 0);
     tun.tile64_max = env_int("MG_CUDA_MM_TILE64_MAX", 64);
-    tun.tile64_blocks = env_int("MG_CUDA_MM_TILE64_BLOCKS", 3);
     tun.ready = 1;
 }
 
@@ -564,21 +558,20 @@ template <typename TO> static mg_status launch_skinny(mg_tc_args *a, const mg_cu
 
 /* One tiled configuration; the dynamic shared memory limit is raised once
  * per kernel. */
-template <int BM, int BN, int WM, int WN, int KS, int ST, bool SPLIT, typename TO, bool GM = false,
-          int MINB = (BM == 64 && !SPLIT) ? 3 : 0>
+template <int BM, int BN, int WM, int WN, int KS, int ST, bool SPLIT, typename TO, bool GM = false>
 static mg_status tiled_cfg(const mg_tc_args &a, dim3 grid) {
-    constexpr size_t smem = tl_smem_bytes<BM, BN, WM, WN, KS, ST, SPLIT, MINB>();
+    constexpr size_t smem = tl_smem_bytes<BM, BN, WM, WN, KS, ST, SPLIT>();
     static int attr_done_dev[MG_CUDA_MAX_DEV]; /* per device: attributes are */
     int &attr_done = attr_done_dev[mg_cuda_dev];
     if (!attr_done) {
-        MG_CUDA_TRY(cudaFuncSetAttribute(mm_tiled<BM, BN, WM, WN, KS, ST, SPLIT, TO, GM, MINB>,
+        MG_CUDA_TRY(cudaFuncSetAttribute(mm_tiled<BM, BN, WM, WN, KS, ST, SPLIT, TO, GM>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        MG_CUDA_TRY(cudaFuncSetAttribute(mm_tiled<BM, BN, WM, WN, KS, ST, SPLIT, TO, GM, MINB>,
+        MG_CUDA_TRY(cudaFuncSetAttribute(mm_tiled<BM, BN, WM, WN, KS, ST, SPLIT, TO, GM>,
                                          cudaFuncAttributePreferredSharedMemoryCarveout,
                                          (int)cudaSharedmemCarveoutMaxShared));
         attr_done = 1;
     }
-    mm_tiled<BM, BN, WM, WN, KS, ST, SPLIT, TO, GM, MINB><<<grid, WM * WN * 32, smem, mg_cuda.stream>>>(a);
+    mm_tiled<BM, BN, WM, WN, KS, ST, SPLIT, TO, GM><<<grid, WM * WN * 32, smem, mg_cuda.stream>>>(a);
     MG_CUDA_LAUNCHED("mm_tiled");
     return MG_OK;
 }
@@ -606,11 +599,6 @@ template <typename TO> static mg_status launch_tiled(mg_tc_args *a, const mg_cud
     if (big)
         return grid.z > 1 ? tiled_cfg<128, 64, 4, 2, 2, 4, true, TO>(*a, grid)
                           : tiled_cfg<128, 64, 4, 2, 1, 4, false, TO>(*a, grid);
-    /* Lean: 48 KB of shared memory a block (split: 3 stages; unsplit: 2
-     * stages and the total), 64 registers: 4 blocks per SM. */
-    if (tun.tile64_blocks >= 4)
-        return grid.z > 1 ? tiled_cfg<64, 64, 2, 4, 2, 3, true, TO, false, 4>(*a, grid)
-                          : tiled_cfg<64, 64, 2, 4, 2, 2, false, TO, false, 4>(*a, grid);
     return grid.z > 1 ? tiled_cfg<64, 64, 2, 4, 2, 4, true, TO>(*a, grid)
                       : tiled_cfg<64, 64, 2, 4, 2, 4, false, TO>(*a, grid);
 }
