@@ -891,17 +891,15 @@ Test(cuda_ops, attention_vs_cpu_and_invariant) {
     attention_case(g, 8, 4, 8, 0, MG_DTYPE_F32);    /* stories260K: head_dim 8 */
 }
 
-/* K/V staged in tiles of 64 keys, and of whole 256-key chunks, instead of
- * the default 128: the same checks (the tile size only stages loads). */
-static void attention_with_tile(const char *keys) {
-    setenv("MG_CUDA_ATTN_TILE", keys, 1);
+/* K/V staged in tiles of 64 keys instead of whole chunks: the same
+ * checks (the tile size only stages loads). */
+Test(cuda_ops, attention_forced_small_tiles) {
+    setenv("MG_CUDA_ATTN_TILE", "64", 1);
     const mg_backend_ops *g = gpu_or_skip();
     rng_seed(9);
     attention_case(g, 8, 2, 64, 1, MG_DTYPE_BF16);
     attention_case(g, 32, 8, 128, 1, MG_DTYPE_BF16);
 }
-Test(cuda_ops, attention_forced_small_tiles) { attention_with_tile("64"); }
-Test(cuda_ops, attention_forced_whole_chunk_tiles) { attention_with_tile("256"); }
 
 /* ---- argmax ----------------------------------------------------------------------------- */
 

@@ -31,9 +31,6 @@
 
 #define ATTN_WARPS 8
 #define ATTN_TILE 32 /* keys per warp in the score loop: one per lane */
-/* Keys per K/V tile by default: two tiles of 128 keys (double buffering)
- * take 70 KB at head_dim 128 in BF16, 3 blocks per SM at decode. */
-#define ATTN_SUB_DEFAULT 128
 
 typedef struct {
     int n_heads, n_kv_heads, hd, group; /* group = n_heads / n_kv_heads */
@@ -106,10 +103,7 @@ static __device__ __forceinline__ void tile_load_async(KV *tile, const KV *cache
     }
     asm volatile("cp.async.commit_group;\n" ::);
 }
-/* Waits until at most N of this thread's cp.async groups are pending. */
-template <int N> static __device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
+static __device__ __forceinline__ void tile_wait() { asm volatile("cp.async.wait_group 0;\n" ::); }
 
 /* One (query group, chunk) item for KV head blockIdx.y; MAXV >= p.max_vec
  * bounds the vectors (rows x query heads of the group) a block holds. */
@@ -125,27 +119,20 @@ static __device__ __forceinline__ void attn_item(float *smem, int item, const T 
     const int r0 = groups[3 * gi], r1 = groups[3 * gi + 1], cl = groups[3 * gi + 2];
     const int nv = (r1 - r0) * p.group;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const size_t tile_elems = (size_t)p.sub * ld;
-    KV *tiles = (KV *)smem;                                 /* (2, p.sub, ld): double-buffered K, then V tiles */
-    float *qs = (float *)(tiles + 2 * tile_elems);          /* (mv, hd): q, then the output accumulators */
-    float *sc = qs + (size_t)mv * hd;                       /* (mv, MG_ATTN_CHUNK): scores, then weights a_t */
-    float *vsum = sc + (size_t)mv * MG_ATTN_CHUNK;          /* (mv) */
-    float *vmax = vsum + mv;                                /* (mv) */
-    int *vlen = (int *)(vmax + mv);                         /* (mv) keys of the chunk the vector attends to */
+    KV *tile = (KV *)smem;                            /* (p.sub, ld): K, then V keys */
+    float *qs = (float *)(tile + (size_t)p.sub * ld); /* (mv, hd): q, then the output accumulators */
+    float *sc = qs + (size_t)mv * hd;                 /* (mv, MG_ATTN_CHUNK): scores, then weights a_t */
+    float *vsum = sc + (size_t)mv * MG_ATTN_CHUNK;    /* (mv) */
+    float *vmax = vsum + mv;                          /* (mv) */
+    int *vlen = (int *)(vmax + mv);                   /* (mv) keys of the chunk the vector attends to */
 
     const int t0 = chunk * cl;
     int maxlen = 0;
     for (int r = r0; r < r1; r++) maxlen = max(maxlen, positions[r] + 1);
     const int tend = min(t0 + cl, maxlen);
     const int32_t *btr = bt + bt_off[r0];
-    /* Stages: the chunk's K tiles (nk of them), then its V tiles; stage s
-     * loads into buffer s & 1 while stage s - 1 is computed. */
-    const int nk = (tend - t0 + p.sub - 1) / p.sub, n_stages = 2 * nk;
-    auto issue = [&](int st) {
-        const int tb = t0 + (st % nk) * p.sub;
-        tile_load_async(tiles + (st & 1) * tile_elems, st < nk ? kc : vc, btr, tb, min(p.sub, tend - tb), kvh, p);
-    };
-    issue(0); /* in flight while q is staged */
+    /* The first K tile is in flight while q is staged. */
+    tile_load_async(tile, kc, btr, t0, min(p.sub, tend - t0), kvh, p);
     for (int v = threadIdx.x; v < nv; v += blockDim.x) {
         const int len = positions[r0 + v / p.group] + 1;
         vlen[v] = min(t0 + cl, len) - t0;
@@ -156,89 +143,89 @@ static __device__ __forceinline__ void attn_item(float *smem, int item, const T 
         qs[idx] = to_f(q[((size_t)row * p.n_heads + qh) * hd + d]);
     }
 
-    for (int st = 0; st < n_stages; st++) {
-        if (st + 1 < n_stages) {
-            issue(st + 1);
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
+    /* Scores: lane l of a warp takes one key, a sequential FMA chain over
+     * head_dim for each vector (the tile row is read once for all). */
+    for (int tb = t0; tb < tend; tb += p.sub) {
+        const int nt = min(p.sub, tend - tb);
+        if (tb != t0) tile_load_async(tile, kc, btr, tb, nt, kvh, p);
+        tile_wait();
         __syncthreads();
-        const KV *tile = tiles + (st & 1) * tile_elems;
-        const int tb = t0 + (st % nk) * p.sub, nt = min(p.sub, tend - tb);
-        if (st < nk) {
-            /* Scores: lane l of a warp takes one key, a sequential FMA chain
-             * over head_dim for each vector (the tile row is read once for all). */
-            for (int kt = warp * ATTN_TILE; kt < nt; kt += ATTN_WARPS * ATTN_TILE) {
-                const int j = kt + lane, t = tb - t0 + j;
-                if (j < nt) {
-                    float sv[MAXV];
+        for (int kt = warp * ATTN_TILE; kt < nt; kt += ATTN_WARPS * ATTN_TILE) {
+            const int j = kt + lane, t = tb - t0 + j;
+            if (j < nt) {
+                float s[MAXV];
 #pragma unroll
-                    for (int v = 0; v < MAXV; v++) sv[v] = 0.0f;
-                    const KV *krow = tile + j * ld;
-                    for (int d0 = 0; d0 < hd; d0 += E) {
-                        float k[E];
-                        unpack16(krow + d0, k);
-#pragma unroll
-                        for (int v = 0; v < MAXV; v++)
-                            if (v < nv) {
-                                const float *qv = qs + (size_t)v * hd + d0;
-#pragma unroll
-                                for (int e = 0; e < E; e++) sv[v] = fmaf(qv[e], k[e], sv[v]);
-                            }
-                    }
+                for (int v = 0; v < MAXV; v++) s[v] = 0.0f;
+                const KV *krow = tile + j * ld;
+                for (int d0 = 0; d0 < hd; d0 += E) {
+                    float k[E];
+                    unpack16(krow + d0, k);
 #pragma unroll
                     for (int v = 0; v < MAXV; v++)
-                        if (v < nv && t < vlen[v]) sc[(size_t)v * MG_ATTN_CHUNK + t] = sv[v] * p.scale;
+                        if (v < nv) {
+                            const float *qv = qs + (size_t)v * hd + d0;
+#pragma unroll
+                            for (int e = 0; e < E; e++) s[v] = fmaf(qv[e], k[e], s[v]);
+                        }
                 }
-            }
-        } else {
-            if (st == nk) {
-                /* Softmax over the chunk (the first V tile is loading). */
-                for (int v = warp; v < nv; v += ATTN_WARPS) {
-                    const int n = vlen[v];
-                    if (n <= 0) continue;
-                    float *s = sc + (size_t)v * MG_ATTN_CHUNK;
-                    float m = -INFINITY;
-                    for (int t = lane; t < n; t += 32) m = fmaxf(m, s[t]);
-                    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-                    float sum = 0.0f;
-                    for (int t = lane; t < n; t += 32) {
-                        const float e = expf(s[t] - m);
-                        s[t] = e;
-                        sum += e;
-                    }
-                    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-                    sum = __shfl_sync(0xffffffffu, sum, 0); /* lane 0's association, for every lane */
-                    for (int t = lane; t < n; t += 32) s[t] = s[t] / sum;
-                    if (lane == 0) {
-                        vmax[v] = m;
-                        vsum[v] = sum;
-                    }
-                }
-                for (int idx = threadIdx.x; idx < nv * hd; idx += blockDim.x) qs[idx] = 0.0f;
-                __syncthreads();
-            }
-            /* Output: sum_t a_t v_t, a sequential FMA chain over the keys in
-             * order for each (vector, dim); a thread takes two adjacent dims. */
-            const int half = hd / 2;
-            for (int task = threadIdx.x; task < nv * half; task += blockDim.x) {
-                const int v = task / half, d = 2 * (task % half);
-                const int nn = min(nt, vlen[v] - (tb - t0));
-                if (nn <= 0) continue;
-                const float *a = sc + (size_t)v * MG_ATTN_CHUNK + (tb - t0);
-                float *acc = qs + (size_t)v * hd + d;
-                float a0 = acc[0], a1 = acc[1];
-                for (int j = 0; j < nn; j++) {
-                    const float2 vv = load_pair(tile + j * ld + d);
-                    a0 = fmaf(a[j], vv.x, a0);
-                    a1 = fmaf(a[j], vv.y, a1);
-                }
-                acc[0] = a0;
-                acc[1] = a1;
+#pragma unroll
+                for (int v = 0; v < MAXV; v++)
+                    if (v < nv && t < vlen[v]) sc[(size_t)v * MG_ATTN_CHUNK + t] = s[v] * p.scale;
             }
         }
-        __syncthreads(); /* the buffer is reloaded two stages on */
+        __syncthreads();
+    }
+    /* The first V tile loads while the softmax runs. */
+    tile_load_async(tile, vc, btr, t0, min(p.sub, tend - t0), kvh, p);
+
+    /* Softmax over the chunk. */
+    for (int v = warp; v < nv; v += ATTN_WARPS) {
+        const int n = vlen[v];
+        if (n <= 0) continue;
+        float *s = sc + (size_t)v * MG_ATTN_CHUNK;
+        float m = -INFINITY;
+        for (int t = lane; t < n; t += 32) m = fmaxf(m, s[t]);
+        for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+        float sum = 0.0f;
+        for (int t = lane; t < n; t += 32) {
+            const float e = expf(s[t] - m);
+            s[t] = e;
+            sum += e;
+        }
+        for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+        sum = __shfl_sync(0xffffffffu, sum, 0); /* lane 0's association, for every lane */
+        for (int t = lane; t < n; t += 32) s[t] = s[t] / sum;
+        if (lane == 0) {
+            vmax[v] = m;
+            vsum[v] = sum;
+        }
+    }
+    for (int idx = threadIdx.x; idx < nv * hd; idx += blockDim.x) qs[idx] = 0.0f;
+
+    /* Output: sum_t a_t v_t, a sequential FMA chain over the keys in order
+     * for each (vector, dim); a thread takes two adjacent dims. */
+    const int half = hd / 2;
+    for (int tb = t0; tb < tend; tb += p.sub) {
+        const int nt = min(p.sub, tend - tb);
+        if (tb != t0) tile_load_async(tile, vc, btr, tb, nt, kvh, p);
+        tile_wait();
+        __syncthreads();
+        for (int task = threadIdx.x; task < nv * half; task += blockDim.x) {
+            const int v = task / half, d = 2 * (task % half);
+            const int nn = min(nt, vlen[v] - (tb - t0));
+            if (nn <= 0) continue;
+            const float *a = sc + (size_t)v * MG_ATTN_CHUNK + (tb - t0);
+            float *acc = qs + (size_t)v * hd + d;
+            float a0 = acc[0], a1 = acc[1];
+            for (int j = 0; j < nn; j++) {
+                const float2 vv = load_pair(tile + j * ld + d);
+                a0 = fmaf(a[j], vv.x, a0);
+                a1 = fmaf(a[j], vv.y, a1);
+            }
+            acc[0] = a0;
+            acc[1] = a1;
+        }
+        __syncthreads();
     }
 
     /* Partials of the rows that have this chunk. */
@@ -320,7 +307,7 @@ __global__ void attn_merge_kernel(T *out, const float2 *part_ms, const float *pa
 
 /* Shared memory of a block with K/V tiles of `sub` keys. */
 template <typename KV> static size_t smem_bytes(int max_vec, int hd, int sub) {
-    return 2 * (size_t)sub * tile_ld<KV>(hd) * sizeof(KV) +
+    return (size_t)sub * tile_ld<KV>(hd) * sizeof(KV) +
            ((size_t)max_vec * hd + (size_t)max_vec * MG_ATTN_CHUNK + 3 * (size_t)max_vec) * sizeof(float);
 }
 
@@ -332,7 +319,7 @@ static mg_status launch_partial(const void *q, const mg_kv_pool *pool, const mg_
     if (opted < 48 * 1024) opted = 48 * 1024;
     /* The whole chunk in one tile when it fits; else the largest multiple
      * of ATTN_TILE keys that does (same bits: tiles only stage loads). */
-    const int want = mg_cuda.attn_tile_keys > 0 ? mg_cuda.attn_tile_keys / ATTN_TILE * ATTN_TILE : ATTN_SUB_DEFAULT;
+    const int want = mg_cuda.attn_tile_keys / ATTN_TILE * ATTN_TILE;
     p.sub = want > 0 && want < MG_ATTN_CHUNK ? want : MG_ATTN_CHUNK;
     while (p.sub > ATTN_TILE && smem_bytes<KV>(p.max_vec, p.hd, p.sub) > mg_cuda.smem_optin) p.sub -= ATTN_TILE;
     const size_t smem = smem_bytes<KV>(p.max_vec, p.hd, p.sub);

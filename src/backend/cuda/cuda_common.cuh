@@ -57,7 +57,7 @@ typedef struct {
     int skinny_v2;        /* MG_CUDA_SKINNY_V2 (default 1): skinny kernel issues a split's weight loads up front */
     int graphs;           /* MG_CUDA_GRAPHS (default 1): decode passes replay CUDA graphs */
     int attn_tile_keys;   /* MG_CUDA_ATTN_TILE: keys per K/V tile in the attention's shared memory (a multiple of
-                             32 up to MG_ATTN_CHUNK; 0: 128); stages loads only, changes no bit */
+                             32 up to MG_ATTN_CHUNK; 0: the whole chunk); stages loads only, changes no bit */
     unsigned buffers_gen; /* bumped whenever a scratch buffer moves or any buffer is freed (graphs
                              recorded addresses; a replay needs them all unchanged) */
 } mg_cuda_ctx;
