@@ -7,7 +7,9 @@
 # The step's wall TPOT (cuda_bench without ncu) is printed beside it, so
 # TPOT - sum(kernels) is the time lost between kernels. MG_PROFILE_NCU_ARGS adds
 # ncu options (e.g. "--cache-control none": caches kept warm between kernels,
-# as in a real run; by default ncu flushes them before each kernel).
+# as in a real run; by default ncu flushes them before each kernel);
+# MG_PROFILE_CONFIGS picks kernels:batch pairs (default "fast:1 invariant:1
+# fast:64 invariant:64").
 # Needs the prebuilt binaries (tools/gpu-prep.sh) or a build in build-gpu,
 # and an 8B-shaped checkpoint (written with tools/make_checkpoint.py if absent).
 set -u
@@ -25,9 +27,8 @@ if [ ! -f "$CKPT/config.json" ]; then
         --tokenizer "$MODEL27/tokenizer.json" --out "$CKPT" > /tmp/checkpoint.log 2>&1 || { tail -n 3 /tmp/checkpoint.log; exit 1; }
 fi
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
-for cfg in ${MG_PROFILE_CONFIGS:-"fast 1" "invariant 1" "fast 64" "invariant 64"}; do
-    set -- $cfg
-    kern=$1 batch=$2
+for cfg in ${MG_PROFILE_CONFIGS:-fast:1 invariant:1 fast:64 invariant:64}; do
+    kern=${cfg%%:*} batch=${cfg##*:}
     "$B/cuda_bench" -m "$CKPT" --kernels "$kern" --batch "$batch" --ctx 512 --steps 8 --prefill 0 \
         > /tmp/prof-bench.log 2>&1
     tpot=$(grep -E "^\| $kern \| $batch \| 512 " /tmp/prof-bench.log | awk -F'|' '{print $5}' | tr -d ' ')
