@@ -4,7 +4,7 @@
  *
  * Structure (the CPU reference's, src/backend/cpu/attention.c): a row's KV
  * range [0, pos] is cut into chunks; each chunk gives a softmax-normalised
- * partial (max, exp-sum, output) and the partials are merged left to right.
+ * partial (max, exp-sum, output) and the partials are merged in chunk order.
  * - INVARIANT: chunks of MG_ATTN_CHUNK (256) positions: the reduction order
  *   depends only on the KV length.
  * - FAST: the chunk length is chosen per call (rows_prepare), finer when the
