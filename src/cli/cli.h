@@ -6,6 +6,7 @@
 #include <stdio.h>
 
 #include "../backend/backend.h"
+#include "../engine/model_dir.h"
 
 #define MG_DEFAULT_MODEL "../shared/models/mg-llama-27m"
 
@@ -28,6 +29,15 @@ int cli_fail(const char *cmd, const char *what);
 
 /* Hint printed when the model path does not exist. Returns 1. */
 int cli_model_missing(const char *cmd, const char *path);
+
+/* Opens the model and tokenizer at `path` (mg_open_model). Returns 0, or 1
+ * after printing why not: the missing-path hint (cli_model_missing) or
+ * "margingate <cmd>: cannot load the model: <error>". */
+int cli_open_model(const char *cmd, const char *path, mg_model **model, mg_tokenizer **tok, mg_model_format *format);
+
+/* --threads N > 0: exactly N OpenMP threads (dynamic adjustment off);
+ * 0 leaves OpenMP's default. */
+void cli_set_threads(int threads);
 
 /* MarginGate's tau for the model at `model_path` when no --tau was given:
  * the value `margingate calibrate` stored in the user's settings, else

@@ -1,5 +1,6 @@
 #include <errno.h>
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -30,6 +31,18 @@ int cli_model_missing(const char *cmd, const char *path) {
     if (stat(path, &st) == 0) return 0;
     fprintf(stderr, "margingate %s: model not found at %s (give a model directory with -m MODEL_DIR)\n", cmd, path);
     return 1;
+}
+
+int cli_open_model(const char *cmd, const char *path, mg_model **model, mg_tokenizer **tok, mg_model_format *format) {
+    if (cli_model_missing(cmd, path)) return 1;
+    if (mg_open_model(path, model, tok, format) != MG_OK) return cli_fail(cmd, "cannot load the model");
+    return 0;
+}
+
+void cli_set_threads(int threads) {
+    if (threads <= 0) return;
+    omp_set_dynamic(0);
+    omp_set_num_threads(threads);
 }
 
 int cli_backend(const char *cmd, const char *device, int tensor_parallel, const mg_backend_ops **out) {

@@ -565,7 +565,7 @@ int cmd_bench(int argc, char **argv) {
     }
     int dev_rc = cli_backend("bench", device, tensor_parallel, &b.backend);
     if (dev_rc) return dev_rc;
-    if (threads) omp_set_dynamic(0), omp_set_num_threads(threads); /* exactly what was asked */
+    cli_set_threads(threads);
 
     bench_header h = {.threads = omp_get_max_threads(), .prompts = dataset ? dataset : "synthetic"};
     time_t now = time(NULL);
@@ -585,11 +585,7 @@ int cmd_bench(int argc, char **argv) {
     mg_model_format format;
     for (int i = 0; i < n_batches; i++)
         if (batches[i] > max_batch) max_batch = batches[i];
-    if (cli_model_missing("bench", h.model_path)) goto done;
-    if (mg_open_model(h.model_path, &model, &tok, &format) != MG_OK) {
-        cli_fail("bench", "cannot load the model");
-        goto done;
-    }
+    if (cli_open_model("bench", h.model_path, &model, &tok, &format)) goto done;
     /* One reference for the whole run, so the engine of each mode shares
      * one copy of the weights on the device instead of uploading them. */
     if (b.backend->weights_acquire(&pinned, model) != MG_OK) {

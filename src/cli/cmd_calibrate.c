@@ -2,7 +2,6 @@
  * writes it to the user's settings. */
 #include <getopt.h>
 #include <limits.h>
-#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -108,13 +107,12 @@ int cmd_calibrate(int argc, char **argv) {
     const mg_backend_ops *backend;
     int dev_rc = cli_backend("calibrate", device, tensor_parallel, &backend);
     if (dev_rc) return dev_rc;
-    if (threads) omp_set_dynamic(0), omp_set_num_threads(threads); /* exactly what was asked */
+    cli_set_threads(threads);
     const char *model_path = cli_model_path(model_flag);
-    if (cli_model_missing("calibrate", model_path)) return 1;
     mg_model *model;
     mg_tokenizer *tok;
     mg_model_format fmt;
-    if (mg_open_model(model_path, &model, &tok, &fmt) != MG_OK) return cli_fail("calibrate", "cannot load the model");
+    if (cli_open_model("calibrate", model_path, &model, &tok, &fmt)) return 1;
     int rc = 1;
     mg_dataset d;
     mg_flip_report r;

@@ -225,13 +225,12 @@ int cmd_flips(int argc, char **argv) {
     const mg_backend_ops *backend;
     int dev_rc = cli_backend("flips", device, tensor_parallel, &backend);
     if (dev_rc) return dev_rc;
-    if (threads) omp_set_dynamic(0), omp_set_num_threads(threads); /* exactly what was asked */
+    cli_set_threads(threads);
     const char *model_path = cli_model_path(model_flag);
-    if (cli_model_missing("flips", model_path)) return 1;
     mg_model *model;
     mg_tokenizer *tok;
     mg_model_format fmt;
-    if (mg_open_model(model_path, &model, &tok, &fmt) != MG_OK) return cli_fail("flips", "cannot load the model");
+    if (cli_open_model("flips", model_path, &model, &tok, &fmt)) return 1;
     /* One reference for the whole run, so the study and the engine of each
      * mode share one copy of the weights on the device. */
     const mg_weights *pinned = NULL;

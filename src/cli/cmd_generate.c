@@ -1,7 +1,6 @@
 /* margingate generate: one prompt in, its continuation out. */
 #include <cjson/cJSON.h>
 #include <getopt.h>
-#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -178,7 +177,7 @@ int cmd_generate(int argc, char **argv) {
     if (dev_rc) return dev_rc;
     g.sampling.seed = seed;
     if (mg_sampling_validate(&g.sampling) != MG_OK) return cli_fail("generate", "bad sampling parameters");
-    if (threads) omp_set_dynamic(0), omp_set_num_threads(threads); /* exactly what was asked */
+    cli_set_threads(threads);
 
     char *file_text = NULL;
     size_t prompt_len;
@@ -200,11 +199,7 @@ int cmd_generate(int argc, char **argv) {
     size_t n_ids = 0;
     mg_generate_result res = {0};
     mg_model_format format;
-    if (cli_model_missing("generate", model_path)) goto done;
-    if (mg_open_model(model_path, &model, &tok, &format) != MG_OK) {
-        cli_fail("generate", "cannot load the model");
-        goto done;
-    }
+    if (cli_open_model("generate", model_path, &model, &tok, &format)) goto done;
     const char *text = prompt_arg;
     size_t text_len = prompt_len;
     if (chat) {
