@@ -6,6 +6,7 @@
 
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -71,6 +72,27 @@ static inline int greedy_agreement(const cJSON *p, const mg_generate_result *r, 
         return i;
     }
     return GOLDEN_NEW;
+}
+
+/* Checks a prompt's last-position logits (r->prompt_logits, FP32 numerics)
+ * against the reference top-20: the same top-1, and each of the 20 logits
+ * within 1e-3 relative. Returns the worst relative error. */
+static inline double expect_top20(const cJSON *p, const mg_generate_result *r) {
+    const cJSON *top = cJSON_GetObjectItem(p, "last_position_top20");
+    cr_assert_eq(cJSON_GetArraySize(top), 20);
+    int ref_top1 = (int)cJSON_GetArrayItem(cJSON_GetArrayItem(top, 0), 0)->valuedouble;
+    cr_expect_eq(r->tokens[0], ref_top1, "prompt %d: top-1 %d, reference %d",
+                 cJSON_GetObjectItem(p, "index")->valueint, r->tokens[0], ref_top1);
+    double worst = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, top) {
+        int id = (int)cJSON_GetArrayItem(e, 0)->valuedouble;
+        double ref = cJSON_GetArrayItem(e, 1)->valuedouble;
+        double rel = fabs(r->prompt_logits[id] - ref) / fmax(fabs(ref), 1e-6);
+        if (rel > worst) worst = rel;
+        cr_expect_leq(rel, 1e-3, "token %d: logit %.6f, reference %.6f", id, r->prompt_logits[id], ref);
+    }
+    return worst;
 }
 
 #endif
