@@ -74,6 +74,21 @@ static inline int greedy_agreement(const cJSON *p, const mg_generate_result *r, 
     return GOLDEN_NEW;
 }
 
+/* Expects the greedy continuation to match the reference (FP32 numerics):
+ * a divergence where the reference margin is below 1e-3 is logged, not
+ * failed. Returns the number of leading tokens that agree. */
+static inline int expect_greedy(const cJSON *p, const mg_generate_result *r) {
+    int near_tie, a = greedy_agreement(p, r, 1e-3, &near_tie);
+    const char *src = cJSON_GetObjectItem(p, "source")->valuestring;
+    int index = cJSON_GetObjectItem(p, "index")->valueint;
+    if (a < GOLDEN_NEW && near_tie)
+        cr_log_warn("%s #%d: diverges at step %d where the reference margin is below 1e-3 (reported, not failed)",
+                    src, index, a);
+    else
+        cr_expect_eq(a, GOLDEN_NEW, "%s #%d: greedy tokens diverge at step %d", src, index, a);
+    return a;
+}
+
 /* Checks a prompt's last-position logits (r->prompt_logits, FP32 numerics)
  * against the reference top-20: the same top-1, and each of the 20 logits
  * within 1e-3 relative. Returns the worst relative error. */
