@@ -299,8 +299,8 @@ echo
 [ -f "$OUT/bench.md" ] && cat "$OUT/bench.md"
 echo
 if [ -s "$OUT/bench-v2.md" ]; then
-    echo "| kernels (MG_CUDA_SKINNY_V2, MG_CUDA_SKINNY_MAX) | batch | ctx | TPOT ms | tok/s | floor ms | TPOT/floor |"
-    echo "|---|---:|---:|---:|---:|---:|---:|"
+    echo "| kernels (MG_CUDA_SKINNY_V2, MG_CUDA_SKINNY_MAX) | batch | ctx | TPOT ms | tok/s | floor ms | TPOT/floor | vs fast |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
     cat "$OUT/bench-v2.md"
     echo
 fi
