@@ -447,7 +447,7 @@ Test(cuda_ops, matmul_multi_equals_separate) {
 
 /* Where check_multi_stacked puts the parts' weights on the device. */
 enum {
-    LAYOUT_STACKED,  /* one buffer, part p + 1 right after part p (upload_model's q/k/v, gate/up) */
+    LAYOUT_STACKED,  /* one buffer, part p + 1 right after part p (upload_model's q/k/v) */
     LAYOUT_GAPPED,   /* one buffer, LAYOUT_GAP_ROWS rows between parts: must not count as stacked */
     LAYOUT_SEPARATE, /* one buffer per part */
     N_LAYOUTS
@@ -527,10 +527,11 @@ static void check_multi_stacked(const mg_backend_ops *g, int M, int K, int n_par
     check_guards_and_free(g);
 }
 
-/* FAST matmul_multi over q/k/v- and gate/up-like weights stacked in one
- * buffer, and the per-part fallback when they are not (gapped, separate),
- * at M = 1, 7, 64 and 300 (above the stacked GEMM's row limit: the per-part
- * path on stacked weights). */
+/* FAST matmul_multi over q/k/v-like weights (and a two-part gate/up-like
+ * shape, which the stacked path takes as well) stacked in one buffer, and
+ * the per-part fallback when they are not (gapped, separate), at M = 1, 7,
+ * 64 and 300 (above the stacked GEMM's row limit: the per-part path on
+ * stacked weights). */
 Test(cuda_ops, matmul_multi_stacked) {
     const mg_backend_ops *g = gpu_or_skip();
     rng_seed(12);

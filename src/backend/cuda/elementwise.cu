@@ -121,12 +121,11 @@ __global__ void __launch_bounds__(NORM_THREADS)
     constexpr int E = vec16<T>::E;
     __shared__ float red[32];
     const size_t base = (size_t)blockIdx.x * dim;
-    const int n_vec = dim / E;
     float v[VPT][E]; /* this thread's columns of the row */
 #pragma unroll
     for (int i = 0; i < VPT; i++) {
         const int c = (threadIdx.x + i * NORM_THREADS) * E;
-        if (c >= n_vec * E) continue;
+        if (c >= dim) continue;
         vec16<T>::load(x + base + c, v[i]);
         if (ADD) {
             float w[E];
@@ -139,7 +138,7 @@ __global__ void __launch_bounds__(NORM_THREADS)
 #pragma unroll
     for (int i = 0; i < VPT; i++) {
         const int c = (threadIdx.x + i * NORM_THREADS) * E;
-        if (c >= n_vec * E) continue;
+        if (c >= dim) continue;
         if (ADD) vec16<T>::store(x + base + c, v[i]);
 #pragma unroll
         for (int e = 0; e < E; e++) ss += v[i][e] * v[i][e];
@@ -149,7 +148,7 @@ __global__ void __launch_bounds__(NORM_THREADS)
 #pragma unroll
     for (int i = 0; i < VPT; i++) {
         const int c = (threadIdx.x + i * NORM_THREADS) * E;
-        if (c >= n_vec * E) continue;
+        if (c >= dim) continue;
         float o[E];
 #pragma unroll
         for (int e = 0; e < E; e++) o[e] = weight[c + e] * rnd<T>(v[i][e] * inv);

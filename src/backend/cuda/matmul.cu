@@ -7,7 +7,7 @@
  *   flips on the GPU); a bias goes through an FP32 result and one epilogue
  *   kernel, so that the bias is added before the single BF16 rounding, as
  *   the reference does. matmul_multi parts whose weights lie back to back
- *   (upload_model stacks q/k/v and gate/up) run as one GEMM over the stacked
+ *   (upload_model stacks q/k/v) run as one GEMM over the stacked
  *   rows and one kernel that scatters the columns to each part's output.
  *   MG_CUDA_FAST_GEMM=tc sends FAST to the tensor-core kernels instead (for
  *   comparisons).
@@ -170,7 +170,7 @@ template <typename TA, typename TO, int VEC> __global__ void lt_scatter_kernel(l
 }
 
 /* Whether the parts' weights are one stacked matrix: part p + 1's rows start
- * right where part p's end (upload_model lays out q/k/v and gate/up so). The
+ * right where part p's end (upload_model lays out q/k/v so). The
  * caller has checked that they are BF16 and share cols. Two separate
  * allocations that happen to be adjacent pass too, and are read correctly:
  * the GEMM reads exactly the parts' rows, wherever they came from. */
