@@ -205,7 +205,7 @@ static mg_status issue_pass(void *ctx) {
         int j = i;
         while (j < n && b->want_logits[j]) j++;
         MG_TRY(ops->rmsnorm((char *)fw->last + (size_t)m * row_bytes, (const char *)fw->x + (size_t)i * row_bytes,
-                         w->final_norm, j - i, c->dim, eps, rb));
+                            w->final_norm, j - i, c->dim, eps, rb));
         m += j - i;
         i = j;
     }
