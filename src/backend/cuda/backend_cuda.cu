@@ -674,6 +674,10 @@ static mg_status cuda_init(int dev) {
     mg_cuda.attn_tile_keys = env_int("MG_CUDA_ATTN_TILE", 0);
     const char *fg = getenv("MG_CUDA_FAST_GEMM");
     mg_cuda.fast_gemm_tc = fg && !strcmp(fg, "tc");
+    const char *ig = getenv("MG_CUDA_INVARIANT_GEMM");
+    if (ig && *ig && strcmp(ig, "tc") && strcmp(ig, "lt"))
+        return mg_error_set(MG_ERR_ARG, "MG_CUDA_INVARIANT_GEMM=%s: use lt (pinned cuBLASLt, the default) or tc", ig);
+    mg_cuda.invariant_gemm_tc = ig && !strcmp(ig, "tc");
     mg_cuda.ready = 1;
     return MG_OK;
 }
@@ -715,3 +719,15 @@ extern "C" const mg_backend_ops *mg_backend_cuda_on(int device) {
 }
 
 extern "C" const mg_backend_ops *mg_backend_cuda(void) { return mg_backend_cuda_on(0); }
+
+extern "C" void mg_cuda_invariant_gemm_describe(char *buf, size_t size) {
+    if (!size) return;
+    buf[0] = 0;
+    if (!mg_backend_cuda()) return;
+    if (mg_cuda.invariant_gemm_tc) {
+        snprintf(buf, size, "own tensor-core kernels (MG_CUDA_INVARIANT_GEMM=tc)");
+        return;
+    }
+    const int n = snprintf(buf, size, "pinned cuBLASLt: ");
+    if (n > 0 && (size_t)n < size) mg_cuda_lt_pins_describe(buf + n, size - (size_t)n);
+}

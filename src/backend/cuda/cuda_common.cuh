@@ -54,6 +54,8 @@ typedef struct {
     /* Tunables, from the environment at init (docs/cuda.md). */
     int skinny_max_rows;  /* MG_CUDA_SKINNY_MAX: tensor-core skinny kernel up to this many rows (32) */
     int fast_gemm_tc;     /* MG_CUDA_FAST_GEMM=tc: the fast path uses the invariant kernels too */
+    int invariant_gemm_tc; /* MG_CUDA_INVARIANT_GEMM=tc: the invariant path's BF16 GEMMs use the own tensor-core
+                              kernels (order fixed by K alone, matmul_tc.cuh) instead of pinned cuBLASLt */
     int skinny_v2;        /* MG_CUDA_SKINNY_V2 (default 1): skinny kernel issues a split's weight loads up front */
     int graphs;           /* MG_CUDA_GRAPHS (default 1): decode passes replay CUDA graphs */
     int attn_tile_keys;   /* MG_CUDA_ATTN_TILE: keys per K/V tile in the attention's shared memory (a multiple of
@@ -158,6 +160,17 @@ struct mg_cuda_mm_part {
 };
 /* cuBLASLt BF16 x BF16 -> out_f32 ? FP32 : BF16 (no bias), FP32 accumulation. */
 mg_status mg_cuda_lt_gemm(void *out, int out_f32, const void *x, const void *w, int M, int N, int K);
+/* The same with the algorithm pinned for (N, K, out_f32) (INVARIANT: one
+ * kernel for every M, no split-K; cublaslt.cu). The first call of a shape
+ * tunes the pin on w (a direct run, not inside a graph capture); an error
+ * when cuBLASLt has no such algorithm (see mg_cuda_lt_pinned_usable). */
+mg_status mg_cuda_lt_gemm_pinned(void *out, int out_f32, const void *x, const void *w, int M, int N, int K);
+/* Whether (N, K, out_f32) has a pinned algorithm (tuning it on w if new);
+ * the answer never changes for the life of the process. */
+mg_status mg_cuda_lt_pinned_usable(int N, int K, int out_f32, const void *w, int *usable);
+/* "N x K: algo .. tile .. (worst ..x); ..." for the pins made so far on the
+ * current device, into buf (truncated to size); returns how many. */
+int mg_cuda_lt_pins_describe(char *buf, size_t size);
 /* Frees the cuBLASLt handle and plans (at exit). */
 void mg_cuda_lt_shutdown(void);
 
