@@ -72,14 +72,18 @@ extern thread_local int mg_cuda_dev;
 /* Growable device scratch, one per purpose; the pointer stays valid until
  * the next call with the same slot. Waits for pending work before growing. */
 /* MG_SCRATCH_MM_SPLIT: the invariant matmul's K-split workspace (matmul_tc.cu).
- * MG_SCRATCH_FUSED: the FAST path's one GEMM over stacked matmul_multi parts
- * (matmul.cu lt_stacked). MG_SCRATCH_COUNT follows the last slot. */
+ * MG_SCRATCH_FUSED: the one GEMM over stacked matmul_multi parts (matmul.cu
+ * lt_stacked). MG_SCRATCH_LT_IN / MG_SCRATCH_LT_OUT: a pinned cuBLASLt GEMM's
+ * input / output staged at 256-byte alignment (cublaslt.cu).
+ * MG_SCRATCH_COUNT follows the last slot. */
 enum {
     MG_SCRATCH_ATTN = 0,
     MG_SCRATCH_GEMM = 1,
     MG_SCRATCH_TMP = 2,
     MG_SCRATCH_MM_SPLIT = 3,
     MG_SCRATCH_FUSED = 4,
+    MG_SCRATCH_LT_IN = 5,
+    MG_SCRATCH_LT_OUT = 6,
     MG_SCRATCH_COUNT
 };
 mg_status mg_cuda_scratch(int slot, size_t bytes, void **out);
@@ -163,10 +167,13 @@ mg_status mg_cuda_lt_gemm(void *out, int out_f32, const void *x, const void *w, 
 /* The same with the algorithm pinned for (N, K, out_f32) (INVARIANT: one
  * kernel for every M, no split-K; cublaslt.cu). The first call of a shape
  * tunes the pin on w (a direct run, not inside a graph capture); an error
- * when cuBLASLt has no such algorithm (see mg_cuda_lt_pinned_usable). */
+ * when cuBLASLt has no such algorithm (see mg_cuda_lt_pinned_usable) or w
+ * is not 256-byte aligned; x and out may be anywhere (staged when not
+ * 256-byte aligned: the algorithms are chosen for aligned operands). */
 mg_status mg_cuda_lt_gemm_pinned(void *out, int out_f32, const void *x, const void *w, int M, int N, int K);
-/* Whether (N, K, out_f32) has a pinned algorithm (tuning it on w if new);
- * the answer never changes for the life of the process. */
+/* Whether weights w of shape (N, K) run pinned: the shape has a pinned
+ * algorithm (tuned on w if new) and w is 256-byte aligned. The answer for
+ * a matrix never changes for the life of the process. */
 mg_status mg_cuda_lt_pinned_usable(int N, int K, int out_f32, const void *w, int *usable);
 /* "N x K: algo .. tile .. (worst ..x); ..." for the pins made so far on the
  * current device, into buf (truncated to size); returns how many. */
