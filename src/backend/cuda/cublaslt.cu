@@ -10,9 +10,11 @@
  *   as one sequence of tensor-core steps over K in order, the same code for
  *   every element, wherever its row sits: so a row's bits depend on K and
  *   the pinned algorithm, never on M. The algorithm is chosen once per shape
- *   (pin_choose): among the heuristic's split-K-free candidates for M = 1, 8,
- *   32, 64, 128 that cuBLASLt accepts for every M up to 65536, the one whose
- *   worst time against the best candidate at each of those M is lowest.
+ *   (pin_get, pin_tune): among the heuristic's split-K-free candidates for
+ *   M = 1, 8, 32, 64, 128 that cuBLASLt accepts for every M up to 65536, the
+ *   one whose worst time against the best candidate at each of those M is
+ *   lowest, timed back to back on copies of the weights that stream from
+ *   memory as in a decode step.
  *   The choice is by timing, so another process could pin another kernel of
  *   the same shape; on an H100 with cuBLAS 13 every split-K-free candidate
  *   of the 8B shapes gave the same bits as every other
@@ -169,30 +171,38 @@ static int splitk_of(const cublasLtMatmulAlgo_t *algo) {
     return v;
 }
 
-/* GPU time (ms) of one run of plan p with algo on w, x, out: the least of 3,
- * each after a write of `flush` (flush_bytes, twice the L2) so that the
- * weights come from memory as in a decode step. Called outside any capture. */
-static mg_status time_algo(const lt_plan *p, const cublasLtMatmulAlgo_t *algo, const void *w, const void *x,
-                           void *out, void *flush, size_t flush_bytes, cudaEvent_t e0, cudaEvent_t e1, float *ms) {
+/* The weights a tuning run streams: copies[i] (N, K) for i < n, in turn,
+ * together more than twice the L2, so that each run reads its weights from
+ * memory as a decode step does (copy 0: the real matrix). */
+#define PIN_MAX_COPIES 8
+typedef struct {
+    const void *copies[PIN_MAX_COPIES];
+    int n;
+} pin_weights;
+
+/* GPU time (ms) per run of plan p with algo: 2 runs to warm up, then 12
+ * back to back over the weight copies in turn, timed together. Called
+ * outside any capture. */
+static mg_status time_algo(const lt_plan *p, const cublasLtMatmulAlgo_t *algo, const pin_weights *wts, const void *x,
+                           void *out, cudaEvent_t e0, cudaEvent_t e1, float *ms) {
     const float alpha = 1.0f, beta = 0.0f;
-    *ms = 1e30f;
-    for (int rep = 0; rep < 4; rep++) {
-        MG_CUDA_TRY(cudaMemsetAsync(flush, rep, flush_bytes, mg_cuda.stream));
-        MG_CUDA_TRY(cudaEventRecord(e0, mg_cuda.stream));
-        LT_TRY(cublasLtMatmul(LT.lt, p->desc, &alpha, w, p->a, x, p->b, &beta, out, p->d, out, p->d, algo,
-                              LT.workspace, LT_WORKSPACE, mg_cuda.stream));
-        MG_CUDA_TRY(cudaEventRecord(e1, mg_cuda.stream));
-        MG_CUDA_TRY(cudaEventSynchronize(e1));
-        float t = 0.0f;
-        MG_CUDA_TRY(cudaEventElapsedTime(&t, e0, e1));
-        if (rep > 0 && t < *ms) *ms = t; /* rep 0 warms up */
+    const int warm = 2, runs = 12;
+    for (int r = 0; r < warm + runs; r++) {
+        if (r == warm) MG_CUDA_TRY(cudaEventRecord(e0, mg_cuda.stream));
+        LT_TRY(cublasLtMatmul(LT.lt, p->desc, &alpha, wts->copies[r % wts->n], p->a, x, p->b, &beta, out, p->d, out,
+                              p->d, algo, LT.workspace, LT_WORKSPACE, mg_cuda.stream));
     }
+    MG_CUDA_TRY(cudaEventRecord(e1, mg_cuda.stream));
+    MG_CUDA_TRY(cudaEventSynchronize(e1));
+    float t = 0.0f;
+    MG_CUDA_TRY(cudaEventElapsedTime(&t, e0, e1));
+    *ms = t / runs;
     return MG_OK;
 }
 
-/* Candidates and timings for pin: see the header comment. w is the real
- * weight matrix (N, K); x and out are scratch of the largest tuning M. */
-static mg_status pin_tune(lt_pin *pin, const void *w, void *x, void *out, void *flush, size_t flush_bytes) {
+/* Candidates and timings for pin: see the header comment. wts: the weights
+ * to stream; x and out are scratch of the largest tuning M. */
+static mg_status pin_tune(lt_pin *pin, const pin_weights *wts, void *x, void *out) {
     const int N = pin->N, K = pin->K;
     cublasLtMatmulAlgo_t cands[PIN_MAX_CANDS];
     int n_cands = 0;
@@ -222,7 +232,7 @@ static mg_status pin_tune(lt_pin *pin, const void *w, void *x, void *out, void *
         st = plan_descs(&p, pin_tune_m[mi], N, K, pin->out_f32, 1);
         best[mi] = 1e30f;
         for (int c = 0; c < n_cands && st == MG_OK; c++) {
-            st = time_algo(&p, &cands[c], w, x, out, flush, flush_bytes, e0, e1, &t[c][mi]);
+            st = time_algo(&p, &cands[c], wts, x, out, e0, e1, &t[c][mi]);
             if (t[c][mi] < best[mi]) best[mi] = t[c][mi];
         }
         plan_free(&p);
@@ -261,26 +271,33 @@ static mg_status pin_get(int N, int K, int out_f32, const void *w, lt_pin **out)
                             N, K);
     lt_pin *pin = &LT.pins[LT.n_pins];
     *pin = (lt_pin){N, K, out_f32, 0, {}, 0.0f};
-    int dev = 0;
+    int dev = 0, l2 = 0;
     MG_CUDA_TRY(cudaGetDevice(&dev));
-    int l2 = 0;
     MG_CUDA_TRY(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev));
     const int max_m = pin_tune_m[PIN_TUNE_M - 1];
-    const size_t flush_bytes = 2 * (size_t)(l2 > 0 ? l2 : (64 << 20));
-    void *x = NULL, *out_buf = NULL, *flush = NULL;
+    const size_t w_bytes = (size_t)N * K * 2, stream_bytes = 2 * (size_t)(l2 > 0 ? l2 : (64 << 20));
+    pin_weights wts = {{w}, 1};
+    void *extra[PIN_MAX_COPIES] = {NULL}, *x = NULL, *out_buf = NULL;
     mg_status st = MG_OK;
-    if (cudaMalloc(&x, (size_t)max_m * K * 2) != cudaSuccess ||
-        cudaMalloc(&out_buf, (size_t)max_m * N * (out_f32 ? 4 : 2)) != cudaSuccess ||
-        cudaMalloc(&flush, flush_bytes) != cudaSuccess)
+    for (size_t have = w_bytes; have < stream_bytes && wts.n < PIN_MAX_COPIES && st == MG_OK; have += w_bytes) {
+        if (cudaMalloc(&extra[wts.n], w_bytes) != cudaSuccess ||
+            cudaMemcpyAsync(extra[wts.n], w, w_bytes, cudaMemcpyDeviceToDevice, mg_cuda.stream) != cudaSuccess)
+            st = mg_error_set(MG_ERR_OOM, "invariant GEMM %d x %d: no device memory to tune it", N, K);
+        else
+            wts.copies[wts.n] = extra[wts.n], wts.n++;
+    }
+    if (st == MG_OK && (cudaMalloc(&x, (size_t)max_m * K * 2) != cudaSuccess ||
+                        cudaMalloc(&out_buf, (size_t)max_m * N * (out_f32 ? 4 : 2)) != cudaSuccess))
         st = mg_error_set(MG_ERR_OOM, "invariant GEMM %d x %d: no device memory to tune it", N, K);
     if (st == MG_OK && cudaMemsetAsync(x, 0, (size_t)max_m * K * 2, mg_cuda.stream) != cudaSuccess)
         st = mg_error_set(MG_ERR_BACKEND, "cudaMemsetAsync failed");
-    if (st == MG_OK) st = pin_tune(pin, w, x, out_buf, flush, flush_bytes);
+    if (st == MG_OK) st = pin_tune(pin, &wts, x, out_buf);
     if (st == MG_OK && cudaStreamSynchronize(mg_cuda.stream) != cudaSuccess)
         st = mg_error_set(MG_ERR_BACKEND, "invariant GEMM tuning: %s", cudaGetErrorString(cudaGetLastError()));
+    for (int i = 0; i < PIN_MAX_COPIES; i++)
+        if (extra[i]) cudaFree(extra[i]);
     cudaFree(x);
     cudaFree(out_buf);
-    cudaFree(flush);
     mg_cuda.buffers_gen++; /* freed device memory: recorded graphs must not outlive it */
     MG_TRY(st);
     LT.n_pins++;
