@@ -60,6 +60,8 @@ typedef struct {
     int graphs;           /* MG_CUDA_GRAPHS (default 1): decode passes replay CUDA graphs */
     int attn_tile_keys;   /* MG_CUDA_ATTN_TILE: keys per K/V tile in the attention's shared memory (a multiple of
                              32 up to MG_ATTN_CHUNK; 0: the whole chunk); stages loads only, changes no bit */
+    int inv_attn_chunks;  /* MG_CUDA_INV_ATTN_CHUNKS: invariant attention chunks per row to aim at (0: chunks of
+                             MG_ATTN_CHUNK; backend_cuda.cu invariant_chunk_len) */
     unsigned buffers_gen; /* bumped whenever a scratch buffer moves or any buffer is freed (graphs
                              recorded addresses; a replay needs them all unchanged) */
 } mg_cuda_ctx;
