@@ -37,6 +37,19 @@ static const mg_backend_ops *gpu_or_skip(void) {
     return g;
 }
 
+/* The backend with the invariant GEMMs on the own tensor-core kernels
+ * (MG_CUDA_INVARIANT_GEMM=tc) instead of pinned cuBLASLt: set before the
+ * backend starts in this test's process (Criterion forks one per test). */
+static const mg_backend_ops *gpu_tc_or_skip(void) {
+    setenv("MG_CUDA_INVARIANT_GEMM", "tc", 1);
+    return gpu_or_skip();
+}
+
+static int invariant_gemm_tc(void) {
+    const char *s = getenv("MG_CUDA_INVARIANT_GEMM");
+    return s && !strcmp(s, "tc");
+}
+
 /* Skips are silent in Criterion's default output: say so once, with the
  * reason, after every test has run (in the runner process). */
 ReportHook(POST_ALL)(struct criterion_global_stats *stats) {
@@ -504,10 +517,11 @@ static void check_multi_stacked(const mg_backend_ops *g, int M, int K, int n_par
         for (int l = 0; l < N_LAYOUTS; l++)
             for (int p = 0; p < n_parts; p++) {
                 const size_t n_out = (size_t)M * Ns[p];
-                if (kern == MG_KERNELS_FAST) {
+                if (kern == MG_KERNELS_FAST || !invariant_gemm_tc()) {
                     const double err = rel_fro(out[l][p], ref[p], n_out), tol = 6e-3;
-                    cr_expect_leq(err, tol, "%s fast M %d K %d part %d of %d (N %d, bias %d): relative error %.3g",
-                                  layout_name[l], M, K, p, n_parts, Ns[p], bias[p] != NULL, err);
+                    cr_expect_leq(err, tol, "%s %s M %d K %d part %d of %d (N %d, bias %d): relative error %.3g",
+                                  layout_name[l], kern ? "invariant" : "fast", M, K, p, n_parts, Ns[p],
+                                  bias[p] != NULL, err);
                 } else if (l != LAYOUT_SEPARATE) {
                     char what[96];
                     snprintf(what, sizeof what, "invariant M %d K %d part %d: %s vs separate", M, K, p,
@@ -527,13 +541,14 @@ static void check_multi_stacked(const mg_backend_ops *g, int M, int K, int n_par
     check_guards_and_free(g);
 }
 
-/* FAST matmul_multi over q/k/v-like weights (and a two-part gate/up-like
- * shape, which the stacked path takes as well) stacked in one buffer, and
- * the per-part fallback when they are not (gapped, separate), at M = 1, 7,
- * 64 and 300 (above the stacked GEMM's row limit: the per-part path on
- * stacked weights). */
-Test(cuda_ops, matmul_multi_stacked) {
-    const mg_backend_ops *g = gpu_or_skip();
+/* matmul_multi over q/k/v-like weights (and a two-part gate/up-like shape,
+ * which the stacked path takes as well) stacked in one buffer, and the
+ * per-part fallback when they are not (gapped, separate), at M = 1, 7, 64
+ * and 300 (above FAST's stacked-GEMM row limit: its per-part path on
+ * stacked weights; INVARIANT on pinned cuBLASLt stacks every M). FAST and
+ * pinned INVARIANT against the CPU; INVARIANT on the own kernels bitwise
+ * against the separate parts. */
+static void multi_stacked_cases(const mg_backend_ops *g) {
     rng_seed(12);
     const int Ms[] = {1, 7, 64, 300};
     const int qkv[3] = {256, 64, 64}, qkv_small[3] = {200, 40, 40}, gate_up[2] = {704, 704};
@@ -546,13 +561,19 @@ Test(cuda_ops, matmul_multi_stacked) {
     }
 }
 
+Test(cuda_ops, matmul_multi_stacked) { multi_stacked_cases(gpu_or_skip()); }
+
+/* With the own invariant kernels, stacked parts give the separate parts'
+ * bits (their order depends on K alone). */
+Test(cuda_ops, matmul_multi_stacked_tc) { multi_stacked_cases(gpu_tc_or_skip()); }
+
 /* INVARIANT matmul: row r of a batch of M equals the row computed alone,
  * bit for bit, for M across the skinny (<= MG_CUDA_SKINNY_MAX rows) and both
  * tiled kernels, with K split over blocks or not (the choice depends on the
  * tile count: on N, M and the GPU's SM count). */
 static void check_matmul_invariance(const mg_backend_ops *g, int N, int K, int logits) {
-    const int Ms[] = {2, 9, 17, 33, 257, 5, 8, 16, 31, 32, 64, 65, 100, 128, 129};
-    const int n_ms = quick() ? 5 : 15;
+    const int Ms[] = {2, 9, 17, 33, 257, 5, 8, 16, 31, 32, 64, 65, 100, 128, 129, 2048};
+    const int n_ms = quick() ? 5 : 16;
     test_matrix w = make_matrix(g, N, K, MG_DTYPE_BF16, 1.0f / sqrtf((float)K));
     float *bias = rand_vec((size_t)N, 0.5f, 0);
     float *bias_d = logits ? NULL : dev_copy(g, bias, (size_t)N * sizeof(float));
@@ -582,6 +603,17 @@ static void check_matmul_invariance(const mg_backend_ops *g, int N, int K, int l
                       "invariant %s N %d K %d: row %d of a batch of %d differs from the row alone",
                       logits ? "logits" : "matmul", N, K, at[a], M);
         }
+        /* The middle row alone, read in place (x and out at a row offset). */
+        void *xm = (char *)xd + (size_t)at[1] * K * g->act_size(1), *om = (char *)od + (size_t)at[1] * N * out_es;
+        if (logits)
+            cr_assert_eq(g->logits(om, xm, &w.dev, 1, MG_KERNELS_INVARIANT, 1), MG_OK, "%s", mg_error_last());
+        else
+            cr_assert_eq(g->matmul(om, xm, &w.dev, bias_d, 1, MG_KERNELS_INVARIANT, 1), MG_OK, "%s",
+                         mg_error_last());
+        cr_assert_eq(g->download(in_batch, om, (size_t)N * out_es), MG_OK);
+        cr_expect(memcmp(alone, in_batch, (size_t)N * out_es) == 0,
+                  "invariant %s N %d K %d: row %d of a batch of %d, recomputed alone in place, differs",
+                  logits ? "logits" : "matmul", N, K, at[1], M);
         free(x);
     }
     free(alone);
@@ -592,8 +624,7 @@ static void check_matmul_invariance(const mg_backend_ops *g, int N, int K, int l
     check_guards_and_free(g);
 }
 
-Test(cuda_ops, matmul_invariant_bitwise_across_batch_sizes) {
-    const mg_backend_ops *g = gpu_or_skip();
+static void invariance_cases(const mg_backend_ops *g) {
     rng_seed(7);
     check_matmul_invariance(g, 256, 1408, 0); /* last split shorter than the others */
     check_matmul_invariance(g, 8192, 512, 0); /* wide enough for the 128-row tiled kernel */
@@ -605,6 +636,13 @@ Test(cuda_ops, matmul_invariant_bitwise_across_batch_sizes) {
     check_matmul_invariance(g, 8192, 4384, 0);  /* many tiles: K split only for some M */
     check_matmul_invariance(g, 1000, 14336, 0); /* 14 groups (w_down's K) */
 }
+
+/* The default invariant GEMMs: pinned cuBLASLt (on BF16 shapes it has an
+ * algorithm for). */
+Test(cuda_ops, matmul_invariant_bitwise_across_batch_sizes) { invariance_cases(gpu_or_skip()); }
+
+/* The own tensor-core kernels (MG_CUDA_INVARIANT_GEMM=tc). */
+Test(cuda_ops, matmul_invariant_tc_bitwise_across_batch_sizes) { invariance_cases(gpu_tc_or_skip()); }
 
 /* Tensor parallelism's reduction ops: the group results of matmul_groups,
  * folded in order, are the invariant matmul's output bit for bit (any M,
@@ -649,7 +687,7 @@ static void check_groups_fold(const mg_backend_ops *g, int M, int N, int K) {
 }
 
 Test(cuda_ops, matmul_groups_fold_equals_invariant_matmul) {
-    const mg_backend_ops *g = gpu_or_skip();
+    const mg_backend_ops *g = gpu_tc_or_skip(); /* the groups are the own kernels' */
     rng_seed(11);
     const int Ms[] = {1, 7, 33, 64, 100, 300};
     for (int i = 0; i < (quick() ? 3 : 6); i++) {
@@ -680,7 +718,7 @@ static const mg_backend_ops *gpu_with_env(const char *skinny_max, const char *sp
         setenv("MG_CUDA_MM_SPLIT_BLOCKS", split_blocks, 1);
     else
         unsetenv("MG_CUDA_MM_SPLIT_BLOCKS");
-    return gpu_or_skip();
+    return gpu_tc_or_skip();
 }
 
 static void forced_matmul_checks(const mg_backend_ops *g) {

@@ -301,6 +301,11 @@ int main(int argc, char **argv) {
             mg_kv_pool_free(&pool);
         }
     }
+    if (!ops->host_memory && tp == 1) {
+        char gemm[2048];
+        mg_cuda_invariant_gemm_describe(gemm, sizeof gemm);
+        if (*gemm) fprintf(tf, "\ninvariant GEMMs: %s\n", gemm);
+    }
     fclose(tf);
     fputs(table, stdout);
     if (out_path) {

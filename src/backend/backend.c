@@ -20,6 +20,10 @@ const mg_tp_comm_ops *mg_tp_comm_nccl(void) {
     mg_error_set(MG_ERR_UNSUPPORTED, "this build of margingate has no CUDA backend, hence no NCCL");
     return NULL;
 }
+
+void mg_cuda_invariant_gemm_describe(char *buf, size_t size) {
+    if (size) buf[0] = 0;
+}
 #endif
 
 const mg_backend_ops *mg_backend_by_name(const char *name) {

@@ -215,6 +215,12 @@ const mg_backend_ops *mg_backend_cuda(void);
  * the reason when the device is absent or unusable. */
 const mg_backend_ops *mg_backend_cuda_on(int device);
 
+/* What the CUDA backend's invariant GEMMs run on device 0: "pinned
+ * cuBLASLt: N x K: algo .. tile .. (worst ..x); ..." for the shapes used so
+ * far, or "own tensor-core kernels (MG_CUDA_INVARIANT_GEMM=tc)"; "" without
+ * CUDA. Into buf (truncated to size). */
+void mg_cuda_invariant_gemm_describe(char *buf, size_t size);
+
 /* "cpu" -> mg_backend_cpu(), "cuda" -> mg_backend_cuda(); "auto" (or NULL)
  * picks CUDA when it is available, else the CPU. NULL with a message for an
  * unknown name or an unavailable backend. */

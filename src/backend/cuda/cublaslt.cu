@@ -1,8 +1,26 @@
-/* The fast path's GEMM: cuBLASLt, BF16 x BF16 with FP32 accumulation, BF16
- * or FP32 output, the algorithm chosen by cuBLASLt's heuristic for each
- * shape (cached per (M, N, K, output type); the heuristic is deterministic,
- * so a shape always runs the same kernel, but different M may run different
- * kernels with different reduction orders).
+/* cuBLASLt GEMMs, BF16 x BF16 with FP32 accumulation, BF16 or FP32 output,
+ * in two flavours:
+ * - heuristic (FAST): the algorithm cuBLASLt's heuristic picks for each
+ *   shape (cached per (M, N, K, output type); the heuristic is
+ *   deterministic, so a shape always runs the same kernel, but different M
+ *   may run different kernels with different reduction orders, split-K
+ *   among them: the source of the GPU's batch-induced flips);
+ * - pinned (INVARIANT): one algorithm per (N, K, output type) for every M,
+ *   without split-K. A kernel without split-K computes each output element
+ *   as one sequence of tensor-core steps over K in order, the same code for
+ *   every element, wherever its row sits: so a row's bits depend on K and
+ *   the pinned algorithm, never on M. The algorithm is chosen once per shape
+ *   (pin_get, pin_tune): among the heuristic's split-K-free candidates for
+ *   M = 1, 8, 32, 64, 128 that cuBLASLt accepts for every M up to 65536, the
+ *   one whose time over the best candidate's, averaged over those M, is
+ *   lowest (the worst ratio instead picked, for w_down, a kernel 1.24x slow
+ *   at batch 1 to save 1.27x at 128, where the step is twice as long),
+ *   timed back to back on copies of the weights that stream from memory as
+ *   in a decode step.
+ *   The choice is by timing, so another process could pin another kernel of
+ *   the same shape; on an H100 with cuBLAS 13 every split-K-free candidate
+ *   of the 8B shapes gave the same bits as every other
+ *   (tools/lt_pin_probe.cu; bench/results/lt-pin-h100-2026-11-23.md).
  *
  * Row-major out (M, N) = x (M, K) w (N, K)^T is, in cuBLAS's column-major
  * terms, D (N x M, ld N) = op(A) B with A = w seen as K x N (ld K) and
@@ -10,6 +28,7 @@
 #include <cublasLt.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "cuda_common.cuh"
 
@@ -17,18 +36,31 @@
 #define LT_MAX_PLANS 512
 
 typedef struct {
-    int M, N, K, out_f32;
+    int M, N, K, out_f32, pinned;
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t a, b, d;
     cublasLtMatmulAlgo_t algo;
 } lt_plan;
 
-/* Per device (mg_cuda_dev): handle, workspace and plan cache. */
+#define LT_MAX_PINS 64
+
+/* The algorithm pinned for one (N, K, output type), or none (usable = 0:
+ * cuBLASLt has no split-K-free algorithm for every M; the caller takes its
+ * own kernels for this shape, for good). */
+typedef struct {
+    int N, K, out_f32, usable;
+    cublasLtMatmulAlgo_t algo;
+    float mean, worst; /* the chosen algorithm's time / best candidate's time over the tuning M: mean, max */
+} lt_pin;
+
+/* Per device (mg_cuda_dev): handle, workspace, plan cache and pins. */
 typedef struct {
     cublasLtHandle_t lt;
     void *workspace;
     lt_plan plans[LT_MAX_PLANS];
     int n_plans;
+    lt_pin pins[LT_MAX_PINS];
+    int n_pins;
 } lt_state;
 static lt_state lt_devs[MG_CUDA_MAX_DEV];
 #define LT (lt_devs[mg_cuda_dev])
@@ -59,14 +91,16 @@ void mg_cuda_lt_shutdown(void) {
         cublasLtMatrixLayoutDestroy(LT.plans[i].d);
     }
     LT.n_plans = 0;
+    LT.n_pins = 0;
     if (LT.workspace) cudaFree(LT.workspace);
     if (LT.lt) cublasLtDestroy(LT.lt);
     LT.workspace = NULL;
     LT.lt = NULL;
 }
 
-static mg_status make_plan(lt_plan *p, int M, int N, int K, int out_f32) {
-    *p = (lt_plan){M, N, K, out_f32, NULL, NULL, NULL, NULL, {}};
+/* Descriptors of out (M, N) = x (M, K) w (N, K)^T, no algorithm yet. */
+static mg_status plan_descs(lt_plan *p, int M, int N, int K, int out_f32, int pinned) {
+    *p = (lt_plan){M, N, K, out_f32, pinned, NULL, NULL, NULL, NULL, {}};
     LT_TRY(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
     LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
@@ -74,45 +108,335 @@ static mg_status make_plan(lt_plan *p, int M, int N, int K, int out_f32) {
     LT_TRY(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, K, N, K));
     LT_TRY(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, K, M, K));
     LT_TRY(cublasLtMatrixLayoutCreate(&p->d, out_f32 ? CUDA_R_32F : CUDA_R_16BF, N, M, N));
+    return MG_OK;
+}
+
+static void plan_free(lt_plan *p) {
+    if (p->desc) cublasLtMatmulDescDestroy(p->desc);
+    if (p->a) cublasLtMatrixLayoutDestroy(p->a);
+    if (p->b) cublasLtMatrixLayoutDestroy(p->b);
+    if (p->d) cublasLtMatrixLayoutDestroy(p->d);
+    p->desc = NULL;
+    p->a = p->b = p->d = NULL;
+}
+
+/* Pointer alignment cuBLASLt's heuristic assumes by default (its
+ * MIN_ALIGNMENT preferences); the pinned algorithms are chosen under it
+ * (asking for 16 leaves out the fastest small-batch kernels: +10% at batch
+ * 1 on an H100, 2026-11-23). */
+#define LT_ALIGN 256
+
+/* Up to `want` heuristic results for plan p into res (*found of them). */
+static mg_status heuristic(const lt_plan *p, int want, cublasLtMatmulHeuristicResult_t *res, int *found) {
     cublasLtMatmulPreference_t pref;
     LT_TRY(cublasLtMatmulPreferenceCreate(&pref));
     const size_t ws = LT_WORKSPACE;
     cublasStatus_t s =
         cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
-    cublasLtMatmulHeuristicResult_t result;
-    int found = 0;
+    *found = 0;
     if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatmulAlgoGetHeuristic(LT.lt, p->desc, p->a, p->b, p->d, p->d, pref, 1, &result, &found);
+        s = cublasLtMatmulAlgoGetHeuristic(LT.lt, p->desc, p->a, p->b, p->d, p->d, pref, want, res, found);
     cublasLtMatmulPreferenceDestroy(pref);
     if (s != CUBLAS_STATUS_SUCCESS) return lt_fail(s, "cublasLtMatmulAlgoGetHeuristic", __LINE__);
+    return MG_OK;
+}
+
+/* ---- pinned algorithms (INVARIANT) ---------------------------------------------- */
+
+#define PIN_TUNE_M 5
+static const int pin_tune_m[PIN_TUNE_M] = {1, 8, 32, 64, 128};
+#define PIN_MAX_CANDS 40
+
+/* Whether cuBLASLt accepts algo for every M a pass can have (1..65536: all
+ * of 1..160, then a spread of larger ones). */
+static int algo_runs_every_m(const cublasLtMatmulAlgo_t *algo, int N, int K, int out_f32) {
+    static const int big[] = {192, 255, 256, 257, 320, 511, 512, 1000, 1024, 2047, 2048, 4097, 8192, 16384, 65536};
+    for (int i = 0; i < 160 + (int)(sizeof big / sizeof big[0]); i++) {
+        const int M = i < 160 ? i + 1 : big[i - 160];
+        lt_plan p;
+        int ok = plan_descs(&p, M, N, K, out_f32, 1) == MG_OK;
+        cublasLtMatmulHeuristicResult_t r;
+        ok = ok && cublasLtMatmulAlgoCheck(LT.lt, p.desc, p.a, p.b, p.d, p.d, algo, &r) == CUBLAS_STATUS_SUCCESS &&
+             r.workspaceSize <= LT_WORKSPACE;
+        plan_free(&p);
+        if (!ok) return 0;
+    }
+    return 1;
+}
+
+static int splitk_of(const cublasLtMatmulAlgo_t *algo) {
+    int32_t v = 1;
+    size_t written = 0;
+    if (cublasLtMatmulAlgoConfigGetAttribute(algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &v, sizeof v, &written) !=
+        CUBLAS_STATUS_SUCCESS)
+        return -1;
+    return v;
+}
+
+/* The weights a tuning run streams: copies[i] (N, K) for i < n, in turn,
+ * together more than twice the L2, so that each run reads its weights from
+ * memory as a decode step does (copy 0: the real matrix). */
+#define PIN_MAX_COPIES 8
+typedef struct {
+    const void *copies[PIN_MAX_COPIES];
+    int n;
+} pin_weights;
+
+/* GPU time (ms) per run of plan p with algo: 2 runs to warm up, then 12
+ * back to back over the weight copies in turn, timed together. Called
+ * outside any capture. */
+static mg_status time_algo(const lt_plan *p, const cublasLtMatmulAlgo_t *algo, const pin_weights *wts, const void *x,
+                           void *out, cudaEvent_t e0, cudaEvent_t e1, float *ms) {
+    const float alpha = 1.0f, beta = 0.0f;
+    const int warm = 2, runs = 12;
+    for (int r = 0; r < warm + runs; r++) {
+        if (r == warm) MG_CUDA_TRY(cudaEventRecord(e0, mg_cuda.stream));
+        LT_TRY(cublasLtMatmul(LT.lt, p->desc, &alpha, wts->copies[r % wts->n], p->a, x, p->b, &beta, out, p->d, out,
+                              p->d, algo, LT.workspace, LT_WORKSPACE, mg_cuda.stream));
+    }
+    MG_CUDA_TRY(cudaEventRecord(e1, mg_cuda.stream));
+    MG_CUDA_TRY(cudaEventSynchronize(e1));
+    float t = 0.0f;
+    MG_CUDA_TRY(cudaEventElapsedTime(&t, e0, e1));
+    *ms = t / runs;
+    return MG_OK;
+}
+
+/* Candidates and timings for pin: see the header comment. wts: the weights
+ * to stream; x and out are scratch of the largest tuning M. */
+static mg_status pin_tune(lt_pin *pin, const pin_weights *wts, void *x, void *out) {
+    const int N = pin->N, K = pin->K;
+    cublasLtMatmulAlgo_t cands[PIN_MAX_CANDS];
+    int n_cands = 0;
+    for (int mi = 0; mi < PIN_TUNE_M; mi++) {
+        lt_plan p;
+        cublasLtMatmulHeuristicResult_t res[8];
+        int found = 0;
+        mg_status st = plan_descs(&p, pin_tune_m[mi], N, K, pin->out_f32, 1);
+        if (st == MG_OK) st = heuristic(&p, 8, res, &found);
+        plan_free(&p);
+        MG_TRY(st);
+        for (int i = 0; i < found && n_cands < PIN_MAX_CANDS; i++) {
+            if (splitk_of(&res[i].algo) != 1) continue;
+            int dup = 0;
+            for (int c = 0; c < n_cands && !dup; c++) dup = !memcmp(&cands[c], &res[i].algo, sizeof cands[c]);
+            if (!dup && algo_runs_every_m(&res[i].algo, N, K, pin->out_f32)) cands[n_cands++] = res[i].algo;
+        }
+    }
+    pin->usable = n_cands > 0;
+    if (!n_cands) return MG_OK;
+    float t[PIN_MAX_CANDS][PIN_TUNE_M], best[PIN_TUNE_M];
+    cudaEvent_t e0 = NULL, e1 = NULL;
+    MG_CUDA_TRY(cudaEventCreate(&e0));
+    mg_status st = cudaEventCreate(&e1) == cudaSuccess ? MG_OK : mg_error_set(MG_ERR_BACKEND, "cudaEventCreate failed");
+    for (int mi = 0; mi < PIN_TUNE_M && st == MG_OK; mi++) {
+        lt_plan p;
+        st = plan_descs(&p, pin_tune_m[mi], N, K, pin->out_f32, 1);
+        best[mi] = 1e30f;
+        for (int c = 0; c < n_cands && st == MG_OK; c++) {
+            st = time_algo(&p, &cands[c], wts, x, out, e0, e1, &t[c][mi]);
+            if (t[c][mi] < best[mi]) best[mi] = t[c][mi];
+        }
+        plan_free(&p);
+    }
+    cudaEventDestroy(e0);
+    if (e1) cudaEventDestroy(e1);
+    MG_TRY(st);
+    int pick = 0;
+    float pick_mean = 1e30f;
+    for (int c = 0; c < n_cands; c++) {
+        float sum = 0.0f;
+        for (int mi = 0; mi < PIN_TUNE_M; mi++) sum += t[c][mi] / best[mi];
+        if (sum / PIN_TUNE_M < pick_mean) pick = c, pick_mean = sum / PIN_TUNE_M;
+    }
+    pin->algo = cands[pick];
+    pin->mean = pick_mean;
+    pin->worst = 0.0f;
+    for (int mi = 0; mi < PIN_TUNE_M; mi++) pin->worst = fmaxf(pin->worst, t[pick][mi] / best[mi]);
+    return MG_OK;
+}
+
+/* The pin of (N, K, out_f32), tuned on first use (w: the weights the call
+ * is about; the tuning runs GEMMs on them and synchronises the stream). */
+static mg_status pin_get(int N, int K, int out_f32, const void *w, lt_pin **out) {
+    for (int i = 0; i < LT.n_pins; i++)
+        if (LT.pins[i].N == N && LT.pins[i].K == K && LT.pins[i].out_f32 == out_f32) {
+            *out = &LT.pins[i];
+            return MG_OK;
+        }
+    if (LT.n_pins == LT_MAX_PINS)
+        return mg_error_set(MG_ERR_BACKEND, "more than %d GEMM shapes in the invariant path", LT_MAX_PINS);
+    cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+    MG_CUDA_TRY(cudaStreamIsCapturing(mg_cuda.stream, &cap));
+    if (cap != cudaStreamCaptureStatusNone)
+        return mg_error_set(MG_ERR_BACKEND,
+                            "invariant GEMM %d x %d: first use inside a CUDA graph capture (the pinned "
+                            "algorithm is tuned on a direct run)",
+                            N, K);
+    lt_pin *pin = &LT.pins[LT.n_pins];
+    *pin = (lt_pin){N, K, out_f32, 0, {}, 0.0f, 0.0f};
+    int dev = 0, l2 = 0;
+    MG_CUDA_TRY(cudaGetDevice(&dev));
+    MG_CUDA_TRY(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev));
+    const int max_m = pin_tune_m[PIN_TUNE_M - 1];
+    const size_t w_bytes = (size_t)N * K * 2, stream_bytes = 2 * (size_t)(l2 > 0 ? l2 : (64 << 20));
+    pin_weights wts = {{w}, 1};
+    void *extra[PIN_MAX_COPIES] = {NULL}, *x = NULL, *out_buf = NULL;
+    mg_status st = MG_OK;
+    for (size_t have = w_bytes; have < stream_bytes && wts.n < PIN_MAX_COPIES && st == MG_OK; have += w_bytes) {
+        if (cudaMalloc(&extra[wts.n], w_bytes) != cudaSuccess ||
+            cudaMemcpyAsync(extra[wts.n], w, w_bytes, cudaMemcpyDeviceToDevice, mg_cuda.stream) != cudaSuccess)
+            st = mg_error_set(MG_ERR_OOM, "invariant GEMM %d x %d: no device memory to tune it", N, K);
+        else
+            wts.copies[wts.n] = extra[wts.n], wts.n++;
+    }
+    if (st == MG_OK && (cudaMalloc(&x, (size_t)max_m * K * 2) != cudaSuccess ||
+                        cudaMalloc(&out_buf, (size_t)max_m * N * (out_f32 ? 4 : 2)) != cudaSuccess))
+        st = mg_error_set(MG_ERR_OOM, "invariant GEMM %d x %d: no device memory to tune it", N, K);
+    if (st == MG_OK && cudaMemsetAsync(x, 0, (size_t)max_m * K * 2, mg_cuda.stream) != cudaSuccess)
+        st = mg_error_set(MG_ERR_BACKEND, "cudaMemsetAsync failed");
+    if (st == MG_OK) st = pin_tune(pin, &wts, x, out_buf);
+    if (st == MG_OK && cudaStreamSynchronize(mg_cuda.stream) != cudaSuccess)
+        st = mg_error_set(MG_ERR_BACKEND, "invariant GEMM tuning: %s", cudaGetErrorString(cudaGetLastError()));
+    for (int i = 0; i < PIN_MAX_COPIES; i++)
+        if (extra[i]) cudaFree(extra[i]);
+    cudaFree(x);
+    cudaFree(out_buf);
+    mg_cuda.buffers_gen++; /* freed device memory: recorded graphs must not outlive it */
+    MG_TRY(st);
+    LT.n_pins++;
+    *out = pin;
+    return MG_OK;
+}
+
+static mg_status make_plan(lt_plan *p, int M, int N, int K, int out_f32, const lt_pin *pin) {
+    MG_TRY(plan_descs(p, M, N, K, out_f32, pin != NULL));
+    if (pin) {
+        cublasLtMatmulHeuristicResult_t r;
+        const cublasStatus_t s = cublasLtMatmulAlgoCheck(LT.lt, p->desc, p->a, p->b, p->d, p->d, &pin->algo, &r);
+        if (s != CUBLAS_STATUS_SUCCESS || r.workspaceSize > LT_WORKSPACE)
+            return mg_error_set(MG_ERR_BACKEND,
+                                "the pinned cuBLASLt algorithm of the %d x %d invariant GEMM does not run at M = %d "
+                                "(MG_CUDA_INVARIANT_GEMM=tc takes the own kernels)",
+                                N, K, M);
+        p->algo = pin->algo;
+        return MG_OK;
+    }
+    cublasLtMatmulHeuristicResult_t result;
+    int found = 0;
+    MG_TRY(heuristic(p, 1, &result, &found));
     if (found < 1)
         return mg_error_set(MG_ERR_BACKEND, "cuBLASLt has no algorithm for a %d x %d x %d BF16 GEMM", M, N, K);
     p->algo = result.algo;
     return MG_OK;
 }
 
-mg_status mg_cuda_lt_gemm(void *out, int out_f32, const void *x, const void *w, int M, int N, int K) {
-    MG_TRY(lt_init());
-    lt_plan *p = NULL;
-    for (int i = 0; i < LT.n_plans && !p; i++)
-        if (LT.plans[i].M == M && LT.plans[i].N == N && LT.plans[i].K == K && LT.plans[i].out_f32 == out_f32)
-            p = &LT.plans[i];
-    if (!p) {
-        if (LT.n_plans == LT_MAX_PLANS) { /* forget the oldest half; rare */
-            for (int i = 0; i < LT_MAX_PLANS / 2; i++) {
-                cublasLtMatmulDescDestroy(LT.plans[i].desc);
-                cublasLtMatrixLayoutDestroy(LT.plans[i].a);
-                cublasLtMatrixLayoutDestroy(LT.plans[i].b);
-                cublasLtMatrixLayoutDestroy(LT.plans[i].d);
-            }
-            for (int i = LT_MAX_PLANS / 2; i < LT_MAX_PLANS; i++) LT.plans[i - LT_MAX_PLANS / 2] = LT.plans[i];
-            LT.n_plans = LT_MAX_PLANS / 2;
+/* The plan of (M, N, K, out_f32, pinned), made on first use. */
+static mg_status plan_get(int M, int N, int K, int out_f32, const lt_pin *pin, lt_plan **out) {
+    const int pinned = pin != NULL;
+    for (int i = 0; i < LT.n_plans; i++) {
+        lt_plan *p = &LT.plans[i];
+        if (p->M == M && p->N == N && p->K == K && p->out_f32 == out_f32 && p->pinned == pinned) {
+            *out = p;
+            return MG_OK;
         }
-        MG_TRY(make_plan(&LT.plans[LT.n_plans], M, N, K, out_f32));
-        p = &LT.plans[LT.n_plans++];
     }
+    if (LT.n_plans == LT_MAX_PLANS) { /* forget the oldest half; rare */
+        for (int i = 0; i < LT_MAX_PLANS / 2; i++) plan_free(&LT.plans[i]);
+        for (int i = LT_MAX_PLANS / 2; i < LT_MAX_PLANS; i++) LT.plans[i - LT_MAX_PLANS / 2] = LT.plans[i];
+        LT.n_plans = LT_MAX_PLANS / 2;
+    }
+    lt_plan *p = &LT.plans[LT.n_plans];
+    const mg_status st = make_plan(p, M, N, K, out_f32, pin);
+    if (st != MG_OK) {
+        plan_free(p);
+        return st;
+    }
+    LT.n_plans++;
+    *out = p;
+    return MG_OK;
+}
+
+static mg_status lt_run(const lt_plan *p, void *out, const void *x, const void *w) {
     const float alpha = 1.0f, beta = 0.0f;
     LT_TRY(cublasLtMatmul(LT.lt, p->desc, &alpha, w, p->a, x, p->b, &beta, out, p->d, out, p->d, &p->algo, LT.workspace,
                           LT_WORKSPACE, mg_cuda.stream));
     return MG_OK;
+}
+
+mg_status mg_cuda_lt_gemm(void *out, int out_f32, const void *x, const void *w, int M, int N, int K) {
+    MG_TRY(lt_init());
+    lt_plan *p;
+    MG_TRY(plan_get(M, N, K, out_f32, NULL, &p));
+    return lt_run(p, out, x, w);
+}
+
+mg_status mg_cuda_lt_pinned_usable(int N, int K, int out_f32, const void *w, int *usable) {
+    *usable = 0;
+    if ((uintptr_t)w % LT_ALIGN) return MG_OK; /* this matrix: never (its address does not change) */
+    MG_TRY(lt_init());
+    lt_pin *pin;
+    MG_TRY(pin_get(N, K, out_f32, w, &pin));
+    *usable = pin->usable;
+    return MG_OK;
+}
+
+mg_status mg_cuda_lt_gemm_pinned(void *out, int out_f32, const void *x, const void *w, int M, int N, int K) {
+    MG_TRY(lt_init());
+    lt_pin *pin;
+    MG_TRY(pin_get(N, K, out_f32, w, &pin));
+    if (!pin->usable)
+        return mg_error_set(MG_ERR_BACKEND, "no pinned cuBLASLt algorithm for the %d x %d invariant GEMM", N, K);
+    if ((uintptr_t)w % LT_ALIGN)
+        return mg_error_set(MG_ERR_BACKEND,
+                            "invariant GEMM %d x %d: weights not %d-byte aligned (MG_CUDA_INVARIANT_GEMM=tc takes "
+                            "the own kernels)",
+                            N, K, LT_ALIGN);
+    lt_plan *p;
+    MG_TRY(plan_get(M, N, K, out_f32, pin, &p));
+    /* Operands off the alignment the algorithm was chosen under: the same
+     * kernel on aligned copies (the same bits; a copy in, a copy out). */
+    const size_t x_bytes = (size_t)M * K * 2, out_bytes = (size_t)M * N * (out_f32 ? 4 : 2);
+    const void *xa = x;
+    void *oa = out;
+    if ((uintptr_t)x % LT_ALIGN) {
+        void *tmp;
+        MG_TRY(mg_cuda_scratch(MG_SCRATCH_LT_IN, x_bytes, &tmp));
+        MG_CUDA_TRY(cudaMemcpyAsync(tmp, x, x_bytes, cudaMemcpyDeviceToDevice, mg_cuda.stream));
+        xa = tmp;
+    }
+    if ((uintptr_t)out % LT_ALIGN) MG_TRY(mg_cuda_scratch(MG_SCRATCH_LT_OUT, out_bytes, &oa));
+    MG_TRY(lt_run(p, oa, xa, w));
+    if (oa != out) MG_CUDA_TRY(cudaMemcpyAsync(out, oa, out_bytes, cudaMemcpyDeviceToDevice, mg_cuda.stream));
+    return MG_OK;
+}
+
+int mg_cuda_lt_pins_describe(char *buf, size_t size) {
+    size_t used = 0;
+    int n = 0;
+    if (size) buf[0] = 0;
+    for (int i = 0; i < LT.n_pins; i++) {
+        const lt_pin *pin = &LT.pins[i];
+        uint32_t tile = 0, stages = 0;
+        uint16_t cluster = 0;
+        int32_t id = 0;
+        size_t wr = 0;
+        cublasLtMatmulAlgoConfigGetAttribute(&pin->algo, CUBLASLT_ALGO_CONFIG_ID, &id, sizeof id, &wr);
+        cublasLtMatmulAlgoConfigGetAttribute(&pin->algo, CUBLASLT_ALGO_CONFIG_TILE_ID, &tile, sizeof tile, &wr);
+        cublasLtMatmulAlgoConfigGetAttribute(&pin->algo, CUBLASLT_ALGO_CONFIG_STAGES_ID, &stages, sizeof stages, &wr);
+        cublasLtMatmulAlgoConfigGetAttribute(&pin->algo, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, &cluster,
+                                             sizeof cluster, &wr);
+        int w;
+        if (pin->usable)
+            w = snprintf(buf + used, size - used, "%s%d x %d%s: algo %d tile %u stages %u cluster %u (%.2fx, worst %.2fx)",
+                         n ? "; " : "", pin->N, pin->K, pin->out_f32 ? " f32" : "", (int)id, tile, stages,
+                         (unsigned)cluster, pin->mean, pin->worst);
+        else
+            w = snprintf(buf + used, size - used, "%s%d x %d%s: own kernels", n ? "; " : "", pin->N, pin->K,
+                         pin->out_f32 ? " f32" : "");
+        if (w < 0 || (size_t)w >= size - used) break;
+        used += (size_t)w;
+        n++;
+    }
+    return n;
 }

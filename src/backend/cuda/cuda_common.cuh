@@ -54,10 +54,14 @@ typedef struct {
     /* Tunables, from the environment at init (docs/cuda.md). */
     int skinny_max_rows;  /* MG_CUDA_SKINNY_MAX: tensor-core skinny kernel up to this many rows (32) */
     int fast_gemm_tc;     /* MG_CUDA_FAST_GEMM=tc: the fast path uses the invariant kernels too */
+    int invariant_gemm_tc; /* MG_CUDA_INVARIANT_GEMM=tc: the invariant path's BF16 GEMMs use the own tensor-core
+                              kernels (order fixed by K alone, matmul_tc.cuh) instead of pinned cuBLASLt */
     int skinny_v2;        /* MG_CUDA_SKINNY_V2 (default 1): skinny kernel issues a split's weight loads up front */
     int graphs;           /* MG_CUDA_GRAPHS (default 1): decode passes replay CUDA graphs */
     int attn_tile_keys;   /* MG_CUDA_ATTN_TILE: keys per K/V tile in the attention's shared memory (a multiple of
                              32 up to MG_ATTN_CHUNK; 0: the whole chunk); stages loads only, changes no bit */
+    int inv_attn_chunks;  /* MG_CUDA_INV_ATTN_CHUNKS: invariant attention chunks per row to aim at (0: chunks of
+                             MG_ATTN_CHUNK; backend_cuda.cu invariant_chunk_len) */
     unsigned buffers_gen; /* bumped whenever a scratch buffer moves or any buffer is freed (graphs
                              recorded addresses; a replay needs them all unchanged) */
 } mg_cuda_ctx;
@@ -70,14 +74,18 @@ extern thread_local int mg_cuda_dev;
 /* Growable device scratch, one per purpose; the pointer stays valid until
  * the next call with the same slot. Waits for pending work before growing. */
 /* MG_SCRATCH_MM_SPLIT: the invariant matmul's K-split workspace (matmul_tc.cu).
- * MG_SCRATCH_FUSED: the FAST path's one GEMM over stacked matmul_multi parts
- * (matmul.cu lt_stacked). MG_SCRATCH_COUNT follows the last slot. */
+ * MG_SCRATCH_FUSED: the one GEMM over stacked matmul_multi parts (matmul.cu
+ * lt_stacked). MG_SCRATCH_LT_IN / MG_SCRATCH_LT_OUT: a pinned cuBLASLt GEMM's
+ * input / output staged at 256-byte alignment (cublaslt.cu).
+ * MG_SCRATCH_COUNT follows the last slot. */
 enum {
     MG_SCRATCH_ATTN = 0,
     MG_SCRATCH_GEMM = 1,
     MG_SCRATCH_TMP = 2,
     MG_SCRATCH_MM_SPLIT = 3,
     MG_SCRATCH_FUSED = 4,
+    MG_SCRATCH_LT_IN = 5,
+    MG_SCRATCH_LT_OUT = 6,
     MG_SCRATCH_COUNT
 };
 mg_status mg_cuda_scratch(int slot, size_t bytes, void **out);
@@ -158,6 +166,20 @@ struct mg_cuda_mm_part {
 };
 /* cuBLASLt BF16 x BF16 -> out_f32 ? FP32 : BF16 (no bias), FP32 accumulation. */
 mg_status mg_cuda_lt_gemm(void *out, int out_f32, const void *x, const void *w, int M, int N, int K);
+/* The same with the algorithm pinned for (N, K, out_f32) (INVARIANT: one
+ * kernel for every M, no split-K; cublaslt.cu). The first call of a shape
+ * tunes the pin on w (a direct run, not inside a graph capture); an error
+ * when cuBLASLt has no such algorithm (see mg_cuda_lt_pinned_usable) or w
+ * is not 256-byte aligned; x and out may be anywhere (staged when not
+ * 256-byte aligned: the algorithms are chosen for aligned operands). */
+mg_status mg_cuda_lt_gemm_pinned(void *out, int out_f32, const void *x, const void *w, int M, int N, int K);
+/* Whether weights w of shape (N, K) run pinned: the shape has a pinned
+ * algorithm (tuned on w if new) and w is 256-byte aligned. The answer for
+ * a matrix never changes for the life of the process. */
+mg_status mg_cuda_lt_pinned_usable(int N, int K, int out_f32, const void *w, int *usable);
+/* "N x K: algo .. tile .. (worst ..x); ..." for the pins made so far on the
+ * current device, into buf (truncated to size); returns how many. */
+int mg_cuda_lt_pins_describe(char *buf, size_t size);
 /* Frees the cuBLASLt handle and plans (at exit). */
 void mg_cuda_lt_shutdown(void);
 

@@ -11,8 +11,12 @@
  *   rows and one kernel that scatters the columns to each part's output.
  *   MG_CUDA_FAST_GEMM=tc sends FAST to the tensor-core kernels instead (for
  *   comparisons).
- * - BF16 activations, BF16 weights, K % 32 == 0, INVARIANT: the
- *   tensor-core kernels, one reduction order for every M.
+ * - BF16 activations, BF16 weights, K % 8 == 0, INVARIANT: cuBLASLt with
+ *   the algorithm pinned per shape (no split-K: one kernel and one order
+ *   for every M; cublaslt.cu), stacked parts always as one GEMM (a part's
+ *   rows always run in the same pinned GEMM); shapes without a pinned
+ *   algorithm, or MG_CUDA_INVARIANT_GEMM=tc: the own tensor-core kernels
+ *   (K % 32 == 0), one reduction order fixed by K alone (matmul_tc.cuh).
  * - everything else (FP32 activations (--fp32), F32 weights (llama2.c
  *   checkpoints), K not a multiple of 32 / 8): mm_simt, a CUDA-core kernel
  *   whose reduction order depends only on K, for both kernel modes. */
@@ -106,12 +110,18 @@ template <typename TO> __global__ void bias_store(TO *out, const float *acc, con
         out[i] = from_f<TO>(acc[i] + bias[i % N]);
 }
 
-static mg_status lt_one(void *out, const void *x, const mg_matrix *w, const float *bias, int M, int out_f32) {
+/* cuBLASLt, heuristic (FAST) or pinned (INVARIANT) algorithm. */
+static mg_status lt_gemm(int pinned, void *out, int out_f32, const void *x, const void *w, int M, int N, int K) {
+    return pinned ? mg_cuda_lt_gemm_pinned(out, out_f32, x, w, M, N, K) : mg_cuda_lt_gemm(out, out_f32, x, w, M, N, K);
+}
+
+static mg_status lt_one(int pinned, void *out, const void *x, const mg_matrix *w, const float *bias, int M,
+                        int out_f32) {
     const int N = w->rows, K = w->cols;
-    if (!bias) return mg_cuda_lt_gemm(out, out_f32, x, w->data, M, N, K);
+    if (!bias) return lt_gemm(pinned, out, out_f32, x, w->data, M, N, K);
     void *acc;
     MG_TRY(mg_cuda_scratch(MG_SCRATCH_GEMM, (size_t)M * N * sizeof(float), &acc));
-    MG_TRY(mg_cuda_lt_gemm(acc, 1, x, w->data, M, N, K));
+    MG_TRY(lt_gemm(pinned, acc, 1, x, w->data, M, N, K));
     const size_t total = (size_t)M * N;
     unsigned blocks = mg_div_up(total, 256);
     if (blocks > (unsigned)mg_cuda.n_sm * 16) blocks = (unsigned)mg_cuda.n_sm * 16;
@@ -184,12 +194,13 @@ static int parts_stacked(const mg_matmul_part *parts, int n_parts) {
     return 1;
 }
 
-/* FAST path, stacked weights (parts_stacked): one cuBLASLt GEMM of x (M, K)
- * with all the parts' rows into scratch (M, n_total), then lt_scatter_kernel
- * to each part's out, adding its bias before the single rounding. Same
- * values as lt_one per part, up to the reduction order cuBLASLt picks for
- * the wider N (FAST promises no bits). */
-static mg_status lt_stacked(const mg_matmul_part *parts, int n_parts, const void *x, int M, int out_f32) {
+/* Stacked weights (parts_stacked): one cuBLASLt GEMM of x (M, K) with all
+ * the parts' rows into scratch (M, n_total), then lt_scatter_kernel to each
+ * part's out, adding its bias before the single rounding. Same values as
+ * lt_one per part, up to the reduction order of the wider GEMM's algorithm
+ * (FAST promises no bits; INVARIANT runs every M this way, pinned). */
+static mg_status lt_stacked(int pinned, const mg_matmul_part *parts, int n_parts, const void *x, int M,
+                            int out_f32) {
     lt_scatter s = {};
     int any_bias = 0, all_vec = 1, max_n = 0;
     for (int p = 0; p < n_parts; p++) {
@@ -205,7 +216,7 @@ static mg_status lt_stacked(const mg_matmul_part *parts, int n_parts, const void
     const int acc_f32 = any_bias || out_f32;
     void *acc; /* (M, n_total), FP32 when acc_f32 else BF16 */
     MG_TRY(mg_cuda_scratch(MG_SCRATCH_FUSED, (size_t)M * s.n_total * (acc_f32 ? sizeof(float) : sizeof(bf16)), &acc));
-    MG_TRY(mg_cuda_lt_gemm(acc, acc_f32, x, parts[0].w->data, M, s.n_total, parts[0].w->cols));
+    MG_TRY(lt_gemm(pinned, acc, acc_f32, x, parts[0].w->data, M, s.n_total, parts[0].w->cols));
     const int vec = !acc_f32 && all_vec ? 8 : 1;
     const dim3 grid(mg_div_up((size_t)max_n, 256 * (size_t)vec), (unsigned)M, (unsigned)n_parts);
     if (vec == 8)
@@ -222,14 +233,44 @@ static mg_status lt_stacked(const mg_matmul_part *parts, int n_parts, const void
 
 /* ---- dispatch -------------------------------------------------------------------- */
 
-typedef enum { PATH_SIMT, PATH_TC, PATH_LT } mm_path;
+typedef enum { PATH_SIMT, PATH_TC, PATH_LT, PATH_LT_PINNED } mm_path;
 
-static mm_path choose(const mg_matmul_part *parts, int n_parts, mg_kernels kernels, int round_bf16) {
+/* The pinned GEMM's shape for these parts: stacked parts are one GEMM of
+ * all their rows (with an FP32 result when any has a bias or out_f32, as
+ * lt_stacked and lt_one run them). */
+static mg_status pinned_usable(const mg_matmul_part *parts, int n_parts, int out_f32, int *usable) {
+    const int K = parts[0].w->cols;
+    if (n_parts > 1 && parts_stacked(parts, n_parts)) {
+        int n_total = 0, acc_f32 = out_f32;
+        for (int p = 0; p < n_parts; p++) n_total += parts[p].w->rows, acc_f32 |= parts[p].bias != NULL;
+        return mg_cuda_lt_pinned_usable(n_total, K, acc_f32, parts[0].w->data, usable);
+    }
+    *usable = 1;
+    for (int p = 0; p < n_parts && *usable; p++)
+        MG_TRY(mg_cuda_lt_pinned_usable(parts[p].w->rows, K, out_f32 || parts[p].bias, parts[p].w->data, usable));
+    return MG_OK;
+}
+
+static mg_status choose(const mg_matmul_part *parts, int n_parts, mg_kernels kernels, int round_bf16, int out_f32,
+                        mm_path *path) {
     int bf16_w = 1, cols = parts[0].w->cols;
     for (int i = 0; i < n_parts; i++) bf16_w &= parts[i].w->dtype == MG_DTYPE_BF16 && parts[i].w->cols == cols;
-    if (!round_bf16 || !bf16_w) return PATH_SIMT;
-    if (kernels == MG_KERNELS_FAST && !mg_cuda.fast_gemm_tc) return cols % 8 == 0 ? PATH_LT : PATH_SIMT;
-    return cols % 32 == 0 ? PATH_TC : PATH_SIMT;
+    *path = PATH_SIMT;
+    if (!round_bf16 || !bf16_w) return MG_OK;
+    if (kernels == MG_KERNELS_FAST && !mg_cuda.fast_gemm_tc) {
+        if (cols % 8 == 0) *path = PATH_LT;
+        return MG_OK;
+    }
+    if (kernels == MG_KERNELS_INVARIANT && !mg_cuda.invariant_gemm_tc && cols % 8 == 0) {
+        int usable = 0;
+        MG_TRY(pinned_usable(parts, n_parts, out_f32, &usable));
+        if (usable) {
+            *path = PATH_LT_PINNED;
+            return MG_OK;
+        }
+    }
+    if (cols % 32 == 0) *path = PATH_TC;
+    return MG_OK;
 }
 
 static mg_status run_parts(const mg_matmul_part *parts, int n_parts, const void *in, int n, mg_kernels kernels,
@@ -237,7 +278,9 @@ static mg_status run_parts(const mg_matmul_part *parts, int n_parts, const void 
     if (n_parts < 1 || n_parts > MG_TC_MAX_SEGS)
         return mg_error_set(MG_ERR_ARG, "matmul_multi: %d parts (1..%d)", n_parts, MG_TC_MAX_SEGS);
     if (n == 0) return MG_OK;
-    switch (choose(parts, n_parts, kernels, round_bf16)) {
+    mm_path path;
+    MG_TRY(choose(parts, n_parts, kernels, round_bf16, out_f32, &path));
+    switch (path) {
     case PATH_TC: {
         mg_cuda_mm_part p[MG_TC_MAX_SEGS];
         for (int i = 0; i < n_parts; i++)
@@ -245,9 +288,14 @@ static mg_status run_parts(const mg_matmul_part *parts, int n_parts, const void 
         return mg_tc_matmul(p, n_parts, in, n, parts[0].w->cols, out_f32);
     }
     case PATH_LT:
-        if (n <= LT_STACK_MAX_ROWS && parts_stacked(parts, n_parts)) return lt_stacked(parts, n_parts, in, n, out_f32);
-        for (int i = 0; i < n_parts; i++) MG_TRY(lt_one(parts[i].out, in, parts[i].w, parts[i].bias, n, out_f32));
+    case PATH_LT_PINNED: {
+        const int pinned = path == PATH_LT_PINNED;
+        if ((pinned || n <= LT_STACK_MAX_ROWS) && parts_stacked(parts, n_parts))
+            return lt_stacked(pinned, parts, n_parts, in, n, out_f32);
+        for (int i = 0; i < n_parts; i++)
+            MG_TRY(lt_one(pinned, parts[i].out, in, parts[i].w, parts[i].bias, n, out_f32));
         return MG_OK;
+    }
     default:
         for (int i = 0; i < n_parts; i++)
             MG_TRY(mm_simt_any(parts[i].out, in, parts[i].w, parts[i].bias, n, round_bf16, out_f32));
