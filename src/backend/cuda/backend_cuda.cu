@@ -672,6 +672,7 @@ static mg_status cuda_init(int dev) {
     mg_cuda.skinny_v2 = env_int("MG_CUDA_SKINNY_V2", 1) != 0;
     mg_cuda.graphs = env_int("MG_CUDA_GRAPHS", 1) != 0;
     mg_cuda.attn_tile_keys = env_int("MG_CUDA_ATTN_TILE", 0);
+    mg_cuda.attn_tc = env_int("MG_CUDA_ATTN_TC", 1) != 0;
     const char *fg = getenv("MG_CUDA_FAST_GEMM");
     mg_cuda.fast_gemm_tc = fg && !strcmp(fg, "tc");
     mg_cuda.ready = 1;
