@@ -254,9 +254,12 @@ static __device__ __forceinline__ void attn_item(float *smem, int item, const T 
  *   scores: for key n and vector v, an accumulator from +0 takes two mma per
  *     32-dim block in dim order (the k slots of matmul_tc.cuh's order: thread
  *     t supplies dims 8t..8t+7 of a block to both operands), times 1/sqrt(hd);
- *   output: the softmax weights a_t rounded to BF16 (as flash attention
- *     does), then per (vector, dim) an accumulator from +0 takes one mma per
- *     16 keys in key order, across the chunk's tiles.
+ *   output: each softmax weight a_t split into two BF16 values, hi =
+ *     bf16(a_t) and lo = bf16(a_t - hi) (16 significant bits: flash
+ *     attention's single BF16 rounding of the weights misses the CPU
+ *     reference by up to 2^-9 relative); per (vector, dim) an accumulator
+ *     from +0 takes, per 16 keys in key order across the chunk's tiles, the
+ *     mma of the hi weights, then the mma of the lo weights.
  * An mma's row depends only on its own row of A, so a vector's result never
  * depends on the other vectors of the block: the batch invariance of
  * attn_item, with another (fixed) order inside each 16/32-wide step. */
@@ -268,9 +271,13 @@ static __device__ __forceinline__ void ldmatrix_x2_trans(uint32_t &b0, uint32_t 
     asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(b0), "=r"(b1) : "r"(a));
 }
 
-static __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *(const uint32_t *)&h;
+/* (x0, x1) as two BF16 pairs: hi = the rounded values, lo = the rounded
+ * remainders, so hi + lo carries 16 significant bits of each. */
+static __device__ __forceinline__ void split_bf16x2(float x0, float x1, uint32_t &hi, uint32_t &lo) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);
+    const __nv_bfloat162 l = __floats2bfloat162_rn(x0 - __low2float(h), x1 - __high2float(h));
+    hi = *(const uint32_t *)&h;
+    lo = *(const uint32_t *)&l;
 }
 
 template <int MT>
@@ -384,15 +391,16 @@ static __device__ __forceinline__ void attn_item_tc(float *smem, int item, const
         __syncthreads();
         for (int k0 = 0; k0 < nt16; k0 += 16) {
             const int tt = tb - t0 + k0; /* the step's first key in the chunk */
-            uint32_t a[MT][4];
+            uint32_t a_hi[MT][4], a_lo[MT][4];
 #pragma unroll
             for (int m = 0; m < MT; m++)
 #pragma unroll
                 for (int h = 0; h < 2; h++) {
                     const int v = m * 16 + g + 8 * h;
                     const float *row = sc + (size_t)v * MG_ATTN_CHUNK + tt + 2 * t4;
-                    a[m][h] = v < nv ? pack_bf16x2(row[0], row[1]) : 0u;     /* keys 2t, 2t+1 */
-                    a[m][h + 2] = v < nv ? pack_bf16x2(row[8], row[9]) : 0u; /* keys 2t+8, 2t+9 */
+                    /* keys 2t, 2t+1 (h) and 2t+8, 2t+9 (h + 2) */
+                    split_bf16x2(v < nv ? row[0] : 0.0f, v < nv ? row[1] : 0.0f, a_hi[m][h], a_lo[m][h]);
+                    split_bf16x2(v < nv ? row[8] : 0.0f, v < nv ? row[9] : 0.0f, a_hi[m][h + 2], a_lo[m][h + 2]);
                 }
 #pragma unroll
             for (int i = 0; i < MAX_DT; i++) {
@@ -401,7 +409,10 @@ static __device__ __forceinline__ void attn_item_tc(float *smem, int item, const
                 uint32_t b0, b1;
                 ldmatrix_x2_trans(b0, b1, tile + (size_t)(k0 + (lane & 15)) * ld + d0);
 #pragma unroll
-                for (int m = 0; m < MT; m++) mma16816(acc[m][i], a[m][0], a[m][1], a[m][2], a[m][3], b0, b1);
+                for (int m = 0; m < MT; m++) {
+                    mma16816(acc[m][i], a_hi[m][0], a_hi[m][1], a_hi[m][2], a_hi[m][3], b0, b1);
+                    mma16816(acc[m][i], a_lo[m][0], a_lo[m][1], a_lo[m][2], a_lo[m][3], b0, b1);
+                }
             }
         }
         __syncthreads();
