@@ -27,6 +27,8 @@
  * with a running max: the same value up to rounding). */
 #include <math.h>
 
+#include <type_traits>
+
 #include "cuda_common.cuh"
 
 #define ATTN_WARPS 8
@@ -103,7 +105,7 @@ static __device__ __forceinline__ void tile_load_async(KV *tile, const KV *cache
     }
     asm volatile("cp.async.commit_group;\n" ::);
 }
-static __device__ __forceinline__ void tile_wait() { asm volatile("cp.async.wait_group 0;\n" ::); }
+static __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::); }
 
 /* One (query group, chunk) item for KV head blockIdx.y; MAXV >= p.max_vec
  * bounds the vectors (rows x query heads of the group) a block holds. */
@@ -148,7 +150,7 @@ static __device__ __forceinline__ void attn_item(float *smem, int item, const T 
     for (int tb = t0; tb < tend; tb += p.sub) {
         const int nt = min(p.sub, tend - tb);
         if (tb != t0) tile_load_async(tile, kc, btr, tb, nt, kvh, p);
-        tile_wait();
+        cp_async_wait_all();
         __syncthreads();
         for (int kt = warp * ATTN_TILE; kt < nt; kt += ATTN_WARPS * ATTN_TILE) {
             const int j = kt + lane, t = tb - t0 + j;
@@ -208,7 +210,7 @@ static __device__ __forceinline__ void attn_item(float *smem, int item, const T 
     for (int tb = t0; tb < tend; tb += p.sub) {
         const int nt = min(p.sub, tend - tb);
         if (tb != t0) tile_load_async(tile, vc, btr, tb, nt, kvh, p);
-        tile_wait();
+        cp_async_wait_all();
         __syncthreads();
         for (int task = threadIdx.x; task < nv * half; task += blockDim.x) {
             const int v = task / half, d = 2 * (task % half);
@@ -244,10 +246,206 @@ static __device__ __forceinline__ void attn_item(float *smem, int item, const T 
     }
 }
 
+/* ---- tensor-core item (BF16 q and cache, head_dim % 32 == 0) -------------------
+ *
+ * The same item, chunks, softmax and partials as attn_item; the two
+ * products run on mma.sync.m16n8k16 (FP32 accumulation), 16 vectors to an
+ * m-tile (vectors past nv are zero rows, their results dropped):
+ *   scores: for key n and vector v, an accumulator from +0 takes two mma per
+ *     32-dim block in dim order (the k slots of matmul_tc.cuh's order: thread
+ *     t supplies dims 8t..8t+7 of a block to both operands), times 1/sqrt(hd);
+ *   output: each softmax weight a_t split into two BF16 values, hi =
+ *     bf16(a_t) and lo = bf16(a_t - hi) (16 significant bits: flash
+ *     attention's single BF16 rounding of the weights misses the CPU
+ *     reference by up to 2^-9 relative); per (vector, dim) an accumulator
+ *     from +0 takes, per 16 keys in key order across the chunk's tiles, the
+ *     mma of the hi weights, then the mma of the lo weights.
+ * An mma's row depends only on its own row of A, so a vector's result never
+ * depends on the other vectors of the block: the batch invariance of
+ * attn_item, with another (fixed) order inside each 16/32-wide step. */
+
+/* Loads the B fragments of 16 keys x 8 dims of a row-major (keys, ld) tile:
+ * lanes 0-15 give the rows. */
+static __device__ __forceinline__ void ldmatrix_x2_trans(uint32_t &b0, uint32_t &b1, const bf16 *row) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(b0), "=r"(b1) : "r"(a));
+}
+
+/* (x0, x1) as two BF16 pairs: hi = the rounded values, lo = the rounded
+ * remainders, so hi + lo carries 16 significant bits of each. */
+static __device__ __forceinline__ void split_bf16x2(float x0, float x1, uint32_t &hi, uint32_t &lo) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);
+    const __nv_bfloat162 l = __floats2bfloat162_rn(x0 - __low2float(h), x1 - __high2float(h));
+    hi = *(const uint32_t *)&h;
+    lo = *(const uint32_t *)&l;
+}
+
+template <int MT>
+static __device__ __forceinline__ void attn_item_tc(float *smem, int item, const bf16 *q, const bf16 *kc,
+                                                    const bf16 *vc, const attn_params &p, const int32_t *positions,
+                                                    const int32_t *bt_off, const int32_t *bt, const int32_t *groups,
+                                                    const int32_t *items, const int32_t *part_base, float2 *part_ms,
+                                                    float *part_out) {
+    constexpr int MAX_DT = 4; /* dim tiles of 8 per warp: head_dim <= 8 x 8 x MAX_DT = 256 */
+    const int hd = p.hd, ld = tile_ld<bf16>(hd), qld = hd + 8, mv = p.max_vec;
+    const int kvh = blockIdx.y, gi = items[2 * item], chunk = items[2 * item + 1];
+    const int r0 = groups[3 * gi], r1 = groups[3 * gi + 1], cl = groups[3 * gi + 2];
+    const int nv = (r1 - r0) * p.group;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+    bf16 *tile = (bf16 *)smem;                                    /* (p.sub, ld): K, then V keys */
+    bf16 *qs = tile + (size_t)p.sub * ld;                         /* (mv, qld): q */
+    float *sc = (float *)(qs + (size_t)mv * qld);                 /* (mv, MG_ATTN_CHUNK): scores, then a_t */
+    float *vsum = sc + (size_t)mv * MG_ATTN_CHUNK;                /* (mv) */
+    float *vmax = vsum + mv;                                      /* (mv) */
+    int *vlen = (int *)(vmax + mv);                               /* (mv) */
+
+    const int t0 = chunk * cl;
+    int maxlen = 0;
+    for (int r = r0; r < r1; r++) maxlen = max(maxlen, positions[r] + 1);
+    const int tend = min(t0 + cl, maxlen);
+    const int span16 = (tend - t0 + 15) & ~15; /* the keys the output mma steps cover */
+    const int32_t *btr = bt + bt_off[r0];
+    tile_load_async(tile, kc, btr, t0, min(p.sub, tend - t0), kvh, p);
+    for (int v = threadIdx.x; v < nv; v += blockDim.x) {
+        const int len = positions[r0 + v / p.group] + 1;
+        vlen[v] = min(t0 + cl, len) - t0;
+    }
+    for (int idx = threadIdx.x; idx < nv * hd; idx += blockDim.x) {
+        const int v = idx / hd, d = idx % hd;
+        const int row = r0 + v / p.group, qh = kvh * p.group + v % p.group;
+        qs[(size_t)v * qld + d] = q[((size_t)row * p.n_heads + qh) * hd + d];
+    }
+
+    /* Scores, one 8-key n-tile per warp at a time. */
+    for (int tb = t0; tb < tend; tb += p.sub) {
+        const int nt = min(p.sub, tend - tb);
+        if (tb != t0) tile_load_async(tile, kc, btr, tb, nt, kvh, p);
+        cp_async_wait_all();
+        __syncthreads();
+        for (int n0 = warp * 8; n0 < nt; n0 += ATTN_WARPS * 8) {
+            float acc[MT][4];
+#pragma unroll
+            for (int m = 0; m < MT; m++) acc[m][0] = acc[m][1] = acc[m][2] = acc[m][3] = 0.0f;
+            const bf16 *krow = tile + (size_t)(n0 + g) * ld + 8 * t4;
+            for (int kb = 0; kb < hd; kb += 32) {
+                const uint4 b = *(const uint4 *)(krow + kb);
+#pragma unroll
+                for (int m = 0; m < MT; m++) {
+                    const int va = m * 16 + g, vb = va + 8;
+                    const uint4 zero = make_uint4(0, 0, 0, 0);
+                    const uint4 alo = va < nv ? *(const uint4 *)(qs + (size_t)va * qld + kb + 8 * t4) : zero;
+                    const uint4 ahi = vb < nv ? *(const uint4 *)(qs + (size_t)vb * qld + kb + 8 * t4) : zero;
+                    mma_block(acc[m], alo, ahi, b);
+                }
+            }
+#pragma unroll
+            for (int m = 0; m < MT; m++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int v = m * 16 + g + (e >= 2 ? 8 : 0), j = n0 + 2 * t4 + (e & 1), tt = tb - t0 + j;
+                    if (v < nv && j < nt && tt < vlen[v]) sc[(size_t)v * MG_ATTN_CHUNK + tt] = acc[m][e] * p.scale;
+                }
+        }
+        __syncthreads();
+    }
+    tile_load_async(tile, vc, btr, t0, min(p.sub, tend - t0), kvh, p);
+
+    /* Softmax over the chunk; weights past a vector's keys (up to the
+     * 16-key step) are zero. */
+    for (int v = warp; v < nv; v += ATTN_WARPS) {
+        const int n = vlen[v];
+        float *s = sc + (size_t)v * MG_ATTN_CHUNK;
+        float m = -INFINITY, sum = 0.0f;
+        if (n > 0) {
+            for (int t = lane; t < n; t += 32) m = fmaxf(m, s[t]);
+            for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+            for (int t = lane; t < n; t += 32) {
+                const float e = expf(s[t] - m);
+                s[t] = e;
+                sum += e;
+            }
+            for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+            sum = __shfl_sync(0xffffffffu, sum, 0); /* lane 0's association, for every lane */
+            for (int t = lane; t < n; t += 32) s[t] = s[t] / sum;
+        }
+        for (int t = max(n, 0) + lane; t < span16; t += 32) s[t] = 0.0f;
+        if (lane == 0) {
+            vmax[v] = m;
+            vsum[v] = sum;
+        }
+    }
+
+    /* Output: warp w takes the dim tiles w, w + 8, ... */
+    float acc[MT][MAX_DT][4];
+#pragma unroll
+    for (int m = 0; m < MT; m++)
+#pragma unroll
+        for (int i = 0; i < MAX_DT; i++) acc[m][i][0] = acc[m][i][1] = acc[m][i][2] = acc[m][i][3] = 0.0f;
+    for (int tb = t0; tb < tend; tb += p.sub) {
+        const int nt = min(p.sub, tend - tb), nt16 = (nt + 15) & ~15;
+        if (tb != t0) tile_load_async(tile, vc, btr, tb, nt, kvh, p);
+        cp_async_wait_all();
+        /* Rows past the loaded keys take weight 0; make them finite (0). */
+        for (int idx = threadIdx.x; idx < (nt16 - nt) * hd; idx += blockDim.x)
+            tile[(size_t)(nt + idx / hd) * ld + idx % hd] = __float2bfloat16_rn(0.0f);
+        __syncthreads();
+        for (int k0 = 0; k0 < nt16; k0 += 16) {
+            const int tt = tb - t0 + k0; /* the step's first key in the chunk */
+            uint32_t a_hi[MT][4], a_lo[MT][4];
+#pragma unroll
+            for (int m = 0; m < MT; m++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    const int v = m * 16 + g + 8 * h;
+                    const float *row = sc + (size_t)v * MG_ATTN_CHUNK + tt + 2 * t4;
+                    /* keys 2t, 2t+1 (h) and 2t+8, 2t+9 (h + 2) */
+                    split_bf16x2(v < nv ? row[0] : 0.0f, v < nv ? row[1] : 0.0f, a_hi[m][h], a_lo[m][h]);
+                    split_bf16x2(v < nv ? row[8] : 0.0f, v < nv ? row[9] : 0.0f, a_hi[m][h + 2], a_lo[m][h + 2]);
+                }
+#pragma unroll
+            for (int i = 0; i < MAX_DT; i++) {
+                const int d0 = (warp + i * ATTN_WARPS) * 8;
+                if (d0 >= hd) break;
+                uint32_t b0, b1;
+                ldmatrix_x2_trans(b0, b1, tile + (size_t)(k0 + (lane & 15)) * ld + d0);
+#pragma unroll
+                for (int m = 0; m < MT; m++) {
+                    mma16816(acc[m][i], a_hi[m][0], a_hi[m][1], a_hi[m][2], a_hi[m][3], b0, b1);
+                    mma16816(acc[m][i], a_lo[m][0], a_lo[m][1], a_lo[m][2], a_lo[m][3], b0, b1);
+                }
+            }
+        }
+        __syncthreads();
+    }
+
+    /* Partials of the rows that have this chunk. */
+#pragma unroll
+    for (int m = 0; m < MT; m++)
+#pragma unroll
+        for (int i = 0; i < MAX_DT; i++) {
+            const int d0 = (warp + i * ATTN_WARPS) * 8;
+            if (d0 >= hd) break;
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int v = m * 16 + g + (e >= 2 ? 8 : 0), d = d0 + 2 * t4 + (e & 1);
+                if (v >= nv || vlen[v] <= 0) continue;
+                const int row = r0 + v / p.group, qh = kvh * p.group + v % p.group;
+                const size_t pidx = (size_t)part_base[row] + chunk;
+                part_out[(pidx * p.n_heads + qh) * hd + d] = acc[m][i][e];
+            }
+        }
+    for (int v = threadIdx.x; v < nv; v += blockDim.x) {
+        if (vlen[v] <= 0) continue;
+        const int row = r0 + v / p.group, qh = kvh * p.group + v % p.group;
+        const size_t pidx = (size_t)part_base[row] + chunk;
+        part_ms[pidx * p.n_heads + qh] = make_float2(vmax[v], vsum[v]);
+    }
+}
+
 /* Blocks (x: a fixed count, y: KV heads) loop over the items, whose count
  * is read on the device: the launch depends on the rows layout only, so a
  * CUDA graph of a decode step stays valid as the contexts grow. */
-template <typename T, typename KV, int MAXV>
+template <typename T, typename KV, int MAXV, bool TC>
 __global__ void __launch_bounds__(ATTN_WARPS * 32)
     attn_partial_kernel(const T *q, const KV *kc, const KV *vc, attn_params p, const int32_t *positions,
                         const int32_t *bt_off, const int32_t *bt, const int32_t *groups, const int32_t *items,
@@ -255,8 +453,12 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32)
     extern __shared__ __align__(16) float smem[];
     const int count = *n_items;
     for (int item = blockIdx.x; item < count; item += gridDim.x) {
-        attn_item<T, KV, MAXV>(smem, item, q, kc, vc, p, positions, bt_off, bt, groups, items, part_base, part_ms,
-                               part_out);
+        if constexpr (TC)
+            attn_item_tc<(MAXV + 15) / 16>(smem, item, q, kc, vc, p, positions, bt_off, bt, groups, items, part_base,
+                                           part_ms, part_out);
+        else
+            attn_item<T, KV, MAXV>(smem, item, q, kc, vc, p, positions, bt_off, bt, groups, items, part_base,
+                                   part_ms, part_out);
         __syncthreads(); /* shared memory is reused by the next item */
     }
 }
@@ -311,7 +513,7 @@ template <typename KV> static size_t smem_bytes(int max_vec, int hd, int sub) {
            ((size_t)max_vec * hd + (size_t)max_vec * MG_ATTN_CHUNK + 3 * (size_t)max_vec) * sizeof(float);
 }
 
-template <typename T, typename KV, int MAXV>
+template <typename T, typename KV, int MAXV, bool TC>
 static mg_status launch_partial(const void *q, const mg_kv_pool *pool, const mg_cuda_rows *r,
                                 const mg_cuda_attn_work *w, attn_params p, float2 *ms, float *po) {
     static size_t opted_dev[MG_CUDA_MAX_DEV]; /* bytes this kernel opted into, per device */
@@ -327,7 +529,7 @@ static mg_status launch_partial(const void *q, const mg_kv_pool *pool, const mg_
         return mg_error_set(MG_ERR_UNSUPPORTED, "attention needs %zu bytes of shared memory (GQA group %d)", smem,
                             p.group);
     if (smem > opted) {
-        MG_CUDA_TRY(cudaFuncSetAttribute(attn_partial_kernel<T, KV, MAXV>,
+        MG_CUDA_TRY(cudaFuncSetAttribute(attn_partial_kernel<T, KV, MAXV, TC>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         opted = smem;
     }
@@ -338,7 +540,7 @@ static mg_status launch_partial(const void *q, const mg_kv_pool *pool, const mg_
     static int occ_smem[MG_CUDA_MAX_DEV], occ_blocks[MG_CUDA_MAX_DEV]; /* per device: smem -> blocks per SM */
     if (occ_smem[mg_cuda_dev] != (int)smem) {
         int nb = 0;
-        MG_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&nb, attn_partial_kernel<T, KV, MAXV>,
+        MG_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&nb, attn_partial_kernel<T, KV, MAXV, TC>,
                                                                   ATTN_WARPS * 32, smem));
         occ_smem[mg_cuda_dev] = (int)smem;
         occ_blocks[mg_cuda_dev] = nb > 0 ? nb : 1;
@@ -346,7 +548,7 @@ static mg_status launch_partial(const void *q, const mg_kv_pool *pool, const mg_
     const int wave = occ_blocks[mg_cuda_dev] * mg_cuda.n_sm / p.n_kv_heads;
     const int gx = w->items_grid < wave ? w->items_grid : (wave > 0 ? wave : 1);
     dim3 grid((unsigned)gx, (unsigned)p.n_kv_heads);
-    attn_partial_kernel<T, KV, MAXV><<<grid, ATTN_WARPS * 32, smem, mg_cuda.stream>>>(
+    attn_partial_kernel<T, KV, MAXV, TC><<<grid, ATTN_WARPS * 32, smem, mg_cuda.stream>>>(
         (const T *)q, (const KV *)pool->k, (const KV *)pool->v, p, r->positions, r->bt_off, r->bt, w->groups, w->items,
         w->n_items_dev, w->part_base, ms, po);
     MG_CUDA_LAUNCHED("attn_partial");
@@ -358,10 +560,23 @@ static mg_status launch(void *out, const void *q, const mg_kv_pool *pool, const 
                         const mg_cuda_attn_work *w, const attn_params &p, float2 *ms, float *po, int n_rows) {
     if (w->items_grid > 0) {
         /* Any query group of the model fits 32 (checked by the caller). */
-        if (p.max_vec <= 4) MG_TRY((launch_partial<T, KV, 4>(q, pool, r, w, p, ms, po)));
-        else if (p.max_vec <= 8) MG_TRY((launch_partial<T, KV, 8>(q, pool, r, w, p, ms, po)));
-        else if (p.max_vec <= 16) MG_TRY((launch_partial<T, KV, 16>(q, pool, r, w, p, ms, po)));
-        else MG_TRY((launch_partial<T, KV, 32>(q, pool, r, w, p, ms, po)));
+        bool tc = false;
+        if constexpr (std::is_same<T, bf16>::value && std::is_same<KV, bf16>::value)
+            tc = mg_cuda.attn_tc && p.hd % 32 == 0 && p.hd <= 256;
+        if (tc) {
+            if constexpr (std::is_same<T, bf16>::value && std::is_same<KV, bf16>::value) {
+                if (p.max_vec <= 16) MG_TRY((launch_partial<T, KV, 16, true>(q, pool, r, w, p, ms, po)));
+                else MG_TRY((launch_partial<T, KV, 32, true>(q, pool, r, w, p, ms, po)));
+            }
+        } else if (p.max_vec <= 4) {
+            MG_TRY((launch_partial<T, KV, 4, false>(q, pool, r, w, p, ms, po)));
+        } else if (p.max_vec <= 8) {
+            MG_TRY((launch_partial<T, KV, 8, false>(q, pool, r, w, p, ms, po)));
+        } else if (p.max_vec <= 16) {
+            MG_TRY((launch_partial<T, KV, 16, false>(q, pool, r, w, p, ms, po)));
+        } else {
+            MG_TRY((launch_partial<T, KV, 32, false>(q, pool, r, w, p, ms, po)));
+        }
     }
     const int warps = n_rows * p.n_heads;
     attn_merge_kernel<T><<<mg_div_up(warps, 4), 128, 0, mg_cuda.stream>>>((T *)out, ms, po, w->n_chunks,

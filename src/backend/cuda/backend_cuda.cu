@@ -346,19 +346,6 @@ static int fast_chunk_len(int len, int n_rows) {
     return cl;
 }
 
-/* Invariant-path chunk length of a row with `len` positions: MG_ATTN_CHUNK
- * (the CPU's chunks), or with MG_CUDA_INV_ATTN_CHUNKS = T > 0 the power of
- * two (32..MG_ATTN_CHUNK) nearest above len / T. Either depends on the row's
- * own length alone (its position + 1, the same in prefill, chunked prefill
- * and decode), so a row's partials never depend on the pass. */
-static int invariant_chunk_len(int len) {
-    const int target = mg_cuda.inv_attn_chunks;
-    if (target <= 0) return MG_ATTN_CHUNK;
-    int cl = 32;
-    while (cl < MG_ATTN_CHUNK && (long)cl * target < len) cl *= 2;
-    return cl;
-}
-
 /* The layout of the rows metadata: graphs recorded addresses inside it, so
  * a graph is replayed only while the layout it was captured with holds. */
 typedef struct {
@@ -446,7 +433,7 @@ static mg_status cuda_rows_prepare(mg_attn_rows *rows) {
         int g = 0;
         /* A row of another chunk length starts a new group. */
         auto chunk_of = [&](int i) {
-            return mode == MG_KERNELS_INVARIANT ? invariant_chunk_len(pos[i] + 1) : fast_chunk_len(pos[i] + 1, n);
+            return mode == MG_KERNELS_INVARIANT ? MG_ATTN_CHUNK : fast_chunk_len(pos[i] + 1, n);
         };
         for (int i = 0, in_group = 0; i < n; i++) {
             if (i == 0 || rows->seqs[i] != rows->seqs[i - 1] || in_group == MG_ATTN_QG ||
@@ -685,7 +672,7 @@ static mg_status cuda_init(int dev) {
     mg_cuda.skinny_v2 = env_int("MG_CUDA_SKINNY_V2", 1) != 0;
     mg_cuda.graphs = env_int("MG_CUDA_GRAPHS", 1) != 0;
     mg_cuda.attn_tile_keys = env_int("MG_CUDA_ATTN_TILE", 0);
-    mg_cuda.inv_attn_chunks = env_int("MG_CUDA_INV_ATTN_CHUNKS", 0);
+    mg_cuda.attn_tc = env_int("MG_CUDA_ATTN_TC", 1) != 0;
     const char *fg = getenv("MG_CUDA_FAST_GEMM");
     mg_cuda.fast_gemm_tc = fg && !strcmp(fg, "tc");
     const char *ig = getenv("MG_CUDA_INVARIANT_GEMM");

@@ -58,10 +58,9 @@ typedef struct {
                               kernels (order fixed by K alone, matmul_tc.cuh) instead of pinned cuBLASLt */
     int skinny_v2;        /* MG_CUDA_SKINNY_V2 (default 1): skinny kernel issues a split's weight loads up front */
     int graphs;           /* MG_CUDA_GRAPHS (default 1): decode passes replay CUDA graphs */
+    int attn_tc;          /* MG_CUDA_ATTN_TC (default 1): BF16 attention on tensor cores (head_dim % 32 == 0) */
     int attn_tile_keys;   /* MG_CUDA_ATTN_TILE: keys per K/V tile in the attention's shared memory (a multiple of
                              32 up to MG_ATTN_CHUNK; 0: the whole chunk); stages loads only, changes no bit */
-    int inv_attn_chunks;  /* MG_CUDA_INV_ATTN_CHUNKS: invariant attention chunks per row to aim at (0: chunks of
-                             MG_ATTN_CHUNK; backend_cuda.cu invariant_chunk_len) */
     unsigned buffers_gen; /* bumped whenever a scratch buffer moves or any buffer is freed (graphs
                              recorded addresses; a replay needs them all unchanged) */
 } mg_cuda_ctx;
@@ -130,6 +129,26 @@ static __device__ __forceinline__ float to_f(bf16 v) { return __bfloat162float(v
 template <typename T> static __device__ __forceinline__ T from_f(float v);
 template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
 template <> __device__ __forceinline__ bf16 from_f<bf16>(float v) { return __float2bfloat16_rn(v); }
+
+/* ---- tensor cores (sm_80+) ------------------------------------------------ */
+
+/* D += A B for one m16n8k16 BF16 tile, FP32 accumulators in place. */
+static __device__ __forceinline__ void mma16816(float *c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                                uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+/* One 32-column block: alo / ahi hold 8 consecutive columns (8t..8t+7) of
+ * weight rows g and g + 8, b the same columns of activation row g. The
+ * first mma takes columns 8t + 0..3 (k slots 2t, 2t+1, 2t+8, 2t+9), the
+ * second 8t + 4..7. */
+static __device__ __forceinline__ void mma_block(float *c, const uint4 &alo, const uint4 &ahi, const uint4 &b) {
+    mma16816(c, alo.x, ahi.x, alo.y, ahi.y, b.x, b.y);
+    mma16816(c, alo.z, ahi.z, alo.w, ahi.w, b.z, b.w);
+}
 
 /* The value a store into a T buffer keeps: rounded to BF16 for bf16. */
 template <typename T> static __device__ __forceinline__ float rnd(float v) { return to_f(from_f<T>(v)); }

@@ -14,24 +14,6 @@ static_assert(MG_TC_SPLIT * MG_TC_GROUP == MG_MATMUL_GROUP, "matmul_groups' grou
 
 static inline int n_groups_of(int K) { return (K / 32 + KB_GROUP - 1) / KB_GROUP; }
 
-/* D += A B for one m16n8k16 BF16 tile, FP32 accumulators in place. */
-static __device__ __forceinline__ void mma16816(float *c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                                uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-/* One 32-column block: alo / ahi hold 8 consecutive columns (8t..8t+7) of
- * weight rows g and g + 8, b the same columns of activation row g. The
- * first mma takes columns 8t + 0..3 (k slots 2t, 2t+1, 2t+8, 2t+9), the
- * second 8t + 4..7. */
-static __device__ __forceinline__ void mma_block(float *c, const uint4 &alo, const uint4 &ahi, const uint4 &b) {
-    mma16816(c, alo.x, ahi.x, alo.y, ahi.y, b.x, b.y);
-    mma16816(c, alo.z, ahi.z, alo.w, ahi.w, b.z, b.w);
-}
-
 static __device__ __forceinline__ uint4 ld_weights(const bf16 *p) { return __ldg((const uint4 *)p); }
 static __device__ __forceinline__ void prefetch_l2(const bf16 *p) {
     asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
