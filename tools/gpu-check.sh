@@ -9,11 +9,11 @@
 #   modes      tests/test_cuda_modes: the batched engine's four modes on the GPU
 #   generate   `margingate generate` GPU vs CPU on golden prompts
 #   hf-27m     tools/hf_oracle.py: GPU logits vs HF transformers, mg-llama-27m
-#   ops-v2     the op tests again with MG_CUDA_SKINNY_V2=1 MG_CUDA_SKINNY_MAX=64
+#   ops-tc     the op tests again with MG_CUDA_INVARIANT_GEMM=tc (the own
+#              invariant GEMM kernels instead of pinned cuBLASLt)
 #   bench      build/cuda_bench at Llama-3.1-8B shapes (random weights from
 #              tools/make_checkpoint.py, written in the background meanwhile)
-#   skinny-v2  invariant decode, batch 1-64 ctx 512, with the candidate
-#              skinny kernel (v2) and with today's (v1) up to 64 rows
+#   invariant-tc  invariant decode, batch 1-64 ctx 512, with MG_CUDA_INVARIANT_GEMM=tc
 #   sanitizer  compute-sanitizer memcheck on the op tests (quick mode, time-boxed)
 #   hf-8b      tools/hf_oracle.py on the 8B-shaped checkpoint (if time is left)
 # Each stage prints PASS/FAIL/SKIP and the script goes on; a summary table
@@ -131,10 +131,8 @@ run_criterion() { # NAME LOG BINARY ARGS...
 }
 if [ $BUILT = 1 ]; then
     run_criterion ops "$OUT/ops.log" "$B/tests/test_cuda_ops"
-    # The same tests with the candidate skinny kernel (split loads prefetched,
-    # up to 64 rows): its bitwise invariance checks decide whether it may
-    # become the default (timed in the skinny-v2 stage below).
-    MG_CUDA_SKINNY_V2=1 MG_CUDA_SKINNY_MAX=64 run_criterion ops-v2 "$OUT/ops-v2.log" "$B/tests/test_cuda_ops"
+    # The same tests with the invariant GEMMs on the own tensor-core kernels.
+    MG_CUDA_INVARIANT_GEMM=tc run_criterion ops-tc "$OUT/ops-tc.log" "$B/tests/test_cuda_ops"
 else
     stage ops SKIP "no build"
 fi
@@ -238,23 +236,19 @@ if [ $BUILT = 1 ]; then
     fi
 fi
 
-# ---- candidate skinny kernel: invariant decode with MG_CUDA_SKINNY_V2=1 --------------------
-# Rows "v2 max 64" (prefetched splits, skinny up to batch 64) and "v1 max 64"
-# (today's skinny kernel up to batch 64) next to the invariant rows above.
+# ---- the own invariant GEMM kernels: invariant decode with MG_CUDA_INVARIANT_GEMM=tc ----
+# Rows "invariant tc" (the tensor-core kernels whose order is fixed by K alone,
+# the default before pinned cuBLASLt) next to the invariant rows above.
 if [ $BUILT = 1 ] && [ -f "$OUT/bench.md" ]; then
-    : > "$OUT/bench-v2.md"
-    for cfg in "1 64" "0 64"; do
-        set -- $cfg
-        if MG_CUDA_SKINNY_V2=$1 MG_CUDA_SKINNY_MAX=$2 timeout 90 "$B/cuda_bench" -m "$CKPT" --kernels invariant \
-            --batch 1,8,32,64 --ctx 512 --steps 8 --prefill 0 --out "$OUT/bench-v2-$1.md" >> "$OUT/bench-v2.log" 2>&1; then
-            grep -E '^\| invariant ' "$OUT/bench-v2-$1.md" | sed "s/^| invariant /| invariant v$(( $1 + 1 )) max $2 /" >> "$OUT/bench-v2.md"
-        else
-            echo "| v$(( $1 + 1 )) max $2 | failed: $(tail -n 1 "$OUT/bench-v2.log" | cut -c1-120) |" >> "$OUT/bench-v2.md"
-        fi
-    done
-    v2b1=$(grep -E '^\| invariant v2 max 64 \| 1 \| 512 ' "$OUT/bench-v2.md" | awk -F'|' '{print $5}' | tr -d ' ')
-    v2b64=$(grep -E '^\| invariant v2 max 64 \| 64 \| 512 ' "$OUT/bench-v2.md" | awk -F'|' '{print $5}' | tr -d ' ')
-    stage skinny-v2 PASS "invariant TPOT ms with v2: batch 1 ${v2b1:-?}, batch 64 ctx 512 ${v2b64:-?} (table below)"
+    if MG_CUDA_INVARIANT_GEMM=tc timeout 90 "$B/cuda_bench" -m "$CKPT" --kernels invariant \
+        --batch 1,8,32,64 --ctx 512 --steps 8 --prefill 0 --out "$OUT/bench-tc.md" > "$OUT/bench-tc.log" 2>&1; then
+        grep -E '^\| invariant ' "$OUT/bench-tc.md" | sed "s/^| invariant /| invariant tc /" > "$OUT/bench-tc-rows.md"
+        tcb1=$(grep -E '^\| invariant tc \| 1 \| 512 ' "$OUT/bench-tc-rows.md" | awk -F'|' '{print $5}' | tr -d ' ')
+        tcb64=$(grep -E '^\| invariant tc \| 64 \| 512 ' "$OUT/bench-tc-rows.md" | awk -F'|' '{print $5}' | tr -d ' ')
+        stage invariant-tc PASS "invariant TPOT ms with MG_CUDA_INVARIANT_GEMM=tc: batch 1 ${tcb1:-?}, batch 64 ctx 512 ${tcb64:-?}"
+    else
+        stage invariant-tc FAIL "$(tail -n 1 "$OUT/bench-tc.log" | cut -c1-160)"
+    fi
 fi
 
 # ---- compute-sanitizer ---------------------------------------------------------
@@ -298,10 +292,10 @@ rm -rf "$SHARED"
 echo
 [ -f "$OUT/bench.md" ] && cat "$OUT/bench.md"
 echo
-if [ -s "$OUT/bench-v2.md" ]; then
-    echo "| kernels (MG_CUDA_SKINNY_V2, MG_CUDA_SKINNY_MAX) | batch | ctx | TPOT ms | tok/s | floor ms | TPOT/floor | vs fast |"
+if [ -s "$OUT/bench-tc-rows.md" ]; then
+    echo "| kernels (MG_CUDA_INVARIANT_GEMM=tc) | batch | ctx | TPOT ms | tok/s | floor ms | TPOT/floor | vs fast |"
     echo "|---|---:|---:|---:|---:|---:|---:|---:|"
-    cat "$OUT/bench-v2.md"
+    cat "$OUT/bench-tc-rows.md"
     echo
 fi
 if [ -n "$RESULTS" ]; then
