@@ -175,7 +175,8 @@ static int splitk_of(const cublasLtMatmulAlgo_t *algo) {
 
 /* The weights a tuning run streams: copies[i] (N, K) for i < n, in turn,
  * together more than twice the L2, so that each run reads its weights from
- * memory as a decode step does (copy 0: the real matrix). */
+ * memory as a decode step does (copy 0: the real matrix; the others: a
+ * constant, the kernels' speed does not depend on the values). */
 #define PIN_MAX_COPIES 8
 typedef struct {
     const void *copies[PIN_MAX_COPIES];
@@ -284,8 +285,10 @@ static mg_status pin_get(int N, int K, int out_f32, const void *w, lt_pin **out)
     void *extra[PIN_MAX_COPIES] = {NULL}, *x = NULL, *out_buf = NULL;
     mg_status st = MG_OK;
     for (size_t have = w_bytes; have < stream_bytes && wts.n < PIN_MAX_COPIES && st == MG_OK; have += w_bytes) {
+        /* Filled with BF16 0x3c3c (0.0115): w itself may span two allocations
+         * (adjacent stacked parts), which a copy must not. */
         if (cudaMalloc(&extra[wts.n], w_bytes) != cudaSuccess ||
-            cudaMemcpyAsync(extra[wts.n], w, w_bytes, cudaMemcpyDeviceToDevice, mg_cuda.stream) != cudaSuccess)
+            cudaMemsetAsync(extra[wts.n], 0x3c, w_bytes, mg_cuda.stream) != cudaSuccess)
             st = mg_error_set(MG_ERR_OOM, "invariant GEMM %d x %d: no device memory to tune it", N, K);
         else
             wts.copies[wts.n] = extra[wts.n], wts.n++;
