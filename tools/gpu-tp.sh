@@ -8,7 +8,9 @@
 #   tp-27m     test_cuda_tp on mg-llama-27m: the determinism modes on 2 GPUs
 #   tp-8b      test_cuda_tp on the 8B shapes: invariant logits bitwise = 1 GPU,
 #              engine tokens (invariant, llm42) = 1 GPU, fast logits close
-#   generate   `generate --kernels invariant` on 1 and 2 GPUs: same tokens
+#   generate   `generate --kernels invariant` on 1 and 2 GPUs: same tokens (with
+#              MG_CUDA_INVARIANT_GEMM=tc: the 1-GPU order that TP's group fold
+#              reproduces; docs/tensor-parallel.md)
 #   bench-8b   cuda_bench decode TPOT at TP 1 and 2 (fast, invariant), and TP 2 with
 #              MG_TP_SKIP_COMM=1 (collectives skipped: their time per step)
 #   bench-14b  the same at TP 2 on the Qwen2.5-14B shapes
@@ -107,9 +109,10 @@ if wait_ckpt ck8; then
     criterion_stage tp-8b "$W/tp8.log"
     grep 'prefill logits' "$W/tp8.log"
     P="The quick brown fox"
-    boxed 60 "$W/gen1.log" $B/margingate generate -m $CK8 -p "$P" -n 32 --kernels invariant --ignore-eos --json
-    boxed 60 "$W/gen2.log" $B/margingate generate -m $CK8 -p "$P" -n 32 --kernels invariant --ignore-eos --json \
-        --tensor-parallel 2
+    MG_CUDA_INVARIANT_GEMM=tc boxed 60 "$W/gen1.log" $B/margingate generate -m $CK8 -p "$P" -n 32 \
+        --kernels invariant --ignore-eos --json
+    MG_CUDA_INVARIANT_GEMM=tc boxed 60 "$W/gen2.log" $B/margingate generate -m $CK8 -p "$P" -n 32 \
+        --kernels invariant --ignore-eos --json --tensor-parallel 2
     ids1=$(grep -o '"token_ids":[^]]*\]' "$W/gen1.log" | tail -n 1)
     ids2=$(grep -o '"token_ids":[^]]*\]' "$W/gen2.log" | tail -n 1)
     if [ -n "$ids1" ] && [ "$ids1" = "$ids2" ]; then stage generate PASS "32 tokens equal on 1 and 2 GPUs (invariant)"
