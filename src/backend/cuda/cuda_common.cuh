@@ -199,6 +199,11 @@ mg_status mg_cuda_lt_pinned_usable(int N, int K, int out_f32, const void *w, int
 /* "N x K: algo .. tile .. (worst ..x); ..." for the pins made so far on the
  * current device, into buf (truncated to size); returns how many. */
 int mg_cuda_lt_pins_describe(char *buf, size_t size);
+/* Makes the invariant path's choices for these parts now (BF16 numerics;
+ * out_f32: the LM head's FP32 logits): tunes the pinned algorithm of their
+ * shape if it is new (matmul.cu; the engine would otherwise tune on its
+ * first invariant pass). */
+mg_status mg_cuda_matmul_prepare(const mg_matmul_part *parts, int n_parts, int out_f32);
 /* Frees the cuBLASLt handle and plans (at exit). */
 void mg_cuda_lt_shutdown(void);
 

@@ -303,6 +303,12 @@ static mg_status run_parts(const mg_matmul_part *parts, int n_parts, const void 
     }
 }
 
+mg_status mg_cuda_matmul_prepare(const mg_matmul_part *parts, int n_parts, int out_f32) {
+    if (n_parts < 1 || n_parts > MG_TC_MAX_SEGS) return MG_OK;
+    mm_path path;
+    return choose(parts, n_parts, MG_KERNELS_INVARIANT, 1, out_f32, &path);
+}
+
 mg_status mg_cuda_matmul_multi(const mg_matmul_part *parts, int n_parts, const void *in, int n, mg_kernels kernels,
                                int round_bf16) {
     return run_parts(parts, n_parts, in, n, kernels, round_bf16, 0);
