@@ -9,7 +9,10 @@
 # ncu options (e.g. "--cache-control none": caches kept warm between kernels,
 # as in a real run; by default ncu flushes them before each kernel);
 # MG_PROFILE_CONFIGS picks kernels:batch pairs (default "fast:1 invariant:1
-# fast:64 invariant:64").
+# fast:64 invariant:64"). The pinned invariant GEMMs are tuned at load (a few
+# thousand launches): fast configs run with MG_CUDA_INVARIANT_GEMM=tc, which
+# skips that; invariant configs skip MG_PROFILE_INV_SKIP launches (default
+# 12000) before the measured window instead of 2200.
 # Needs the prebuilt binaries (tools/gpu-prep.sh) or a build in build-gpu,
 # and an 8B-shaped checkpoint (written with tools/make_checkpoint.py if absent).
 set -u
@@ -29,12 +32,15 @@ fi
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
 for cfg in ${MG_PROFILE_CONFIGS:-fast:1 invariant:1 fast:64 invariant:64}; do
     kern=${cfg%%:*} batch=${cfg##*:}
+    skip=2200 igemm=tc
+    [ "$kern" = invariant ] && skip=${MG_PROFILE_INV_SKIP:-12000} igemm=lt
+    export MG_CUDA_INVARIANT_GEMM=$igemm
     "$B/cuda_bench" -m "$CKPT" --kernels "$kern" --batch "$batch" --ctx 512 --steps 8 --prefill 0 \
         > /tmp/prof-bench.log 2>&1
     tpot=$(grep -E "^\| $kern \| $batch \| 512 " /tmp/prof-bench.log | awk -F'|' '{print $5}' | tr -d ' ')
     # about 420 kernels per step; skip load, fill and warm-up, measure ~3 steps
     timeout 240 "$NCU" --clock-control none ${MG_PROFILE_NCU_ARGS:-} --metrics gpu__time_duration.sum --csv --print-units base \
-        --launch-skip 2200 --launch-count 1300 \
+        --launch-skip "$skip" --launch-count 1300 \
         "$B/cuda_bench" -m "$CKPT" --kernels "$kern" --batch "$batch" --ctx 512 --steps 8 --prefill 0 \
         > /tmp/prof-ncu.csv 2> /tmp/prof-ncu.err
     [ -n "${OUT:-}" ] && cp /tmp/prof-ncu.csv "$OUT/ncu-$kern-$batch.csv"

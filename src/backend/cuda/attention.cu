@@ -50,21 +50,6 @@ template <typename KV> static __host__ __device__ __forceinline__ int tile_ld(in
     return hd + 16 / (int)sizeof(KV);
 }
 
-/* Unpacks the 16 bytes at p (8 BF16 or 4 FP32 values) to FP32. */
-static __device__ __forceinline__ void unpack16(const bf16 *p, float *out) {
-    const uint4 u = *(const uint4 *)p;
-    const __nv_bfloat162 *h = (const __nv_bfloat162 *)&u;
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        float2 f = __bfloat1622float2(h[i]);
-        out[2 * i] = f.x;
-        out[2 * i + 1] = f.y;
-    }
-}
-static __device__ __forceinline__ void unpack16(const float *p, float *out) {
-    const float4 a = *(const float4 *)p;
-    out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w;
-}
 static __device__ __forceinline__ float2 load_pair(const bf16 *p) {
     return __bfloat1622float2(*(const __nv_bfloat162 *)p);
 }
@@ -161,7 +146,7 @@ static __device__ __forceinline__ void attn_item(float *smem, int item, const T 
                 const KV *krow = tile + j * ld;
                 for (int d0 = 0; d0 < hd; d0 += E) {
                     float k[E];
-                    unpack16(krow + d0, k);
+                    vec16<KV>::load(krow + d0, k);
 #pragma unroll
                     for (int v = 0; v < MAXV; v++)
                         if (v < nv) {

@@ -130,6 +130,25 @@ template <typename T> static __device__ __forceinline__ T from_f(float v);
 template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
 template <> __device__ __forceinline__ bf16 from_f<bf16>(float v) { return __float2bfloat16_rn(v); }
 
+/* 16 bytes of T (8 BF16 or 4 FP32 values) to and from FP32, one 16-byte
+ * access (p 16-byte aligned). */
+template <typename T> struct vec16 {
+    static constexpr int E = 16 / sizeof(T);
+    static __device__ __forceinline__ void load(const T *p, float *f) {
+        const uint4 u = *(const uint4 *)p;
+        const T *e = (const T *)&u;
+#pragma unroll
+        for (int i = 0; i < E; i++) f[i] = to_f(e[i]);
+    }
+    static __device__ __forceinline__ void store(T *p, const float *f) {
+        uint4 u;
+        T *e = (T *)&u;
+#pragma unroll
+        for (int i = 0; i < E; i++) e[i] = from_f<T>(f[i]);
+        *(uint4 *)p = u;
+    }
+};
+
 /* ---- tensor cores (sm_80+) ------------------------------------------------ */
 
 /* D += A B for one m16n8k16 BF16 tile, FP32 accumulators in place. */

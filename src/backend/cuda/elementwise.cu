@@ -98,22 +98,6 @@ __global__ void __launch_bounds__(NORM_THREADS)
  * memory instead of one per column group. The same formulas as above; the
  * squares are summed in the thread's column order, then the same block tree:
  * a row's result depends only on the row. */
-template <typename T> struct vec16 {
-    static constexpr int E = 16 / sizeof(T);
-    static __device__ __forceinline__ void load(const T *p, float *f) {
-        const uint4 u = *(const uint4 *)p;
-        const T *e = (const T *)&u;
-#pragma unroll
-        for (int i = 0; i < E; i++) f[i] = to_f(e[i]);
-    }
-    static __device__ __forceinline__ void store(T *p, const float *f) {
-        uint4 u;
-        T *e = (T *)&u;
-#pragma unroll
-        for (int i = 0; i < E; i++) e[i] = from_f<T>(f[i]);
-        *(uint4 *)p = u;
-    }
-};
 
 template <typename T, bool ADD, int VPT>
 __global__ void __launch_bounds__(NORM_THREADS)
