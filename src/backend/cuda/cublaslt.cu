@@ -265,8 +265,11 @@ static mg_status pin_get(int N, int K, int out_f32, const void *w, lt_pin **out)
             *out = &LT.pins[i];
             return MG_OK;
         }
-    if (LT.n_pins == LT_MAX_PINS)
-        return mg_error_set(MG_ERR_BACKEND, "more than %d GEMM shapes in the invariant path", LT_MAX_PINS);
+    if (LT.n_pins == LT_MAX_PINS) { /* the table never shrinks: every later new shape gets this answer */
+        static lt_pin own_kernels; /* usable = 0 */
+        *out = &own_kernels;
+        return MG_OK;
+    }
     cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
     MG_CUDA_TRY(cudaStreamIsCapturing(mg_cuda.stream, &cap));
     if (cap != cudaStreamCaptureStatusNone)
