@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # tools/gpu-quick.sh - a short GPU iteration: the CUDA op tests, then decode
-# timing at 8B shapes (fast, invariant, and fast with our tensor-core GEMMs
+# timing at 8B shapes (fast, invariant, and fast with the own tensor-core GEMMs
 # instead of cuBLASLt), from the prebuilt binaries of tools/gpu-prep.sh.
 # Environment: MG_QUICK_BATCH (default 1,8,64), MG_QUICK_CTX (512,4096),
 # MG_QUICK_TESTS (criterion filter, default all op tests), CKPT.
@@ -36,7 +36,7 @@ timeout 200 "$B/cuda_bench" -m "$CKPT" --batch "$BATCH" --ctx "$CTX" --steps 6 -
 MG_CUDA_FAST_GEMM=tc timeout 100 "$B/cuda_bench" -m "$CKPT" --kernels fast --batch "$BATCH" --ctx 512 --steps 6 \
     --prefill 0 --out /tmp/btc.md > /tmp/btc.log 2>&1 || tail -3 /tmp/btc.log
 cat /tmp/b.md
-echo "fast with MG_CUDA_FAST_GEMM=tc (our invariant GEMMs, fast attention):"
+echo "fast with MG_CUDA_FAST_GEMM=tc (the own tensor-core GEMMs, fast attention):"
 grep '^| fast' /tmp/btc.md
 if [ -n "${MG_QUICK_COMPARE:-}" ]; then echo "with $MG_QUICK_COMPARE:"; grep '^| ' /tmp/bcmp.md | grep -v kernels; fi
 [ -n "${OUT:-}" ] && cp /tmp/ops.log /tmp/b.md "$OUT/" 2>/dev/null
