@@ -92,6 +92,77 @@ static __device__ __forceinline__ void tile_load_async(KV *tile, const KV *cache
 }
 static __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::); }
 
+/* ---- pieces shared by the CUDA-core and the tensor-core item -------------------
+ *
+ * An item's vectors: v = (row r0 + v / group, query head kvh * group +
+ * v % group), nv of them. */
+
+/* vlen[v] = keys of the chunk [t0, t0 + cl) vector v attends to (<= 0: none);
+ * qs (nv, qld) = the vectors' q, stored as QS. */
+template <typename QS, typename T>
+static __device__ __forceinline__ void stage_vectors(QS *qs, int qld, int *vlen, const T *q, const attn_params &p,
+                                                     const int32_t *positions, int r0, int nv, int t0, int cl,
+                                                     int kvh) {
+    const int hd = p.hd;
+    for (int v = threadIdx.x; v < nv; v += blockDim.x) {
+        const int len = positions[r0 + v / p.group] + 1;
+        vlen[v] = min(t0 + cl, len) - t0;
+    }
+    for (int idx = threadIdx.x; idx < nv * hd; idx += blockDim.x) {
+        const int v = idx / hd, d = idx % hd;
+        const int row = r0 + v / p.group, qh = kvh * p.group + v % p.group;
+        qs[(size_t)v * qld + d] = from_f<QS>(to_f(q[((size_t)row * p.n_heads + qh) * hd + d]));
+    }
+}
+
+/* Softmax of each vector's scores over its vlen keys, in place in sc (nv,
+ * MG_ATTN_CHUNK): chunk max; exp(s - max); per-lane sums in key order, a
+ * fixed xor tree (lane 0's association for every lane); a_t = exp_t / sum.
+ * Weights from vlen up to `span` are set to 0 (the tensor-core item's
+ * 16-key steps). One warp per vector. */
+static __device__ __forceinline__ void chunk_softmax(float *sc, float *vmax, float *vsum, const int *vlen, int nv,
+                                                     int span) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (int v = warp; v < nv; v += ATTN_WARPS) {
+        const int n = vlen[v];
+        float *s = sc + (size_t)v * MG_ATTN_CHUNK;
+        float m = -INFINITY, sum = 0.0f;
+        if (n > 0) {
+            for (int t = lane; t < n; t += 32) m = fmaxf(m, s[t]);
+            for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+            for (int t = lane; t < n; t += 32) {
+                const float e = expf(s[t] - m);
+                s[t] = e;
+                sum += e;
+            }
+            for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+            sum = __shfl_sync(0xffffffffu, sum, 0);
+            for (int t = lane; t < n; t += 32) s[t] = s[t] / sum;
+        }
+        for (int t = max(n, 0) + lane; t < span; t += 32) s[t] = 0.0f;
+        if (lane == 0) {
+            vmax[v] = m;
+            vsum[v] = sum;
+        }
+    }
+}
+
+/* Where vector v's partial of this chunk goes: index into part_ms (and, times
+ * hd, into part_out). */
+static __device__ __forceinline__ size_t partial_index(const attn_params &p, const int32_t *part_base, int r0,
+                                                       int v, int chunk, int kvh) {
+    const int row = r0 + v / p.group, qh = kvh * p.group + v % p.group;
+    return ((size_t)part_base[row] + chunk) * p.n_heads + qh;
+}
+
+/* (max, sum) of each vector that has keys in this chunk. */
+static __device__ __forceinline__ void store_ms(float2 *part_ms, const float *vmax, const float *vsum,
+                                                const int *vlen, const attn_params &p, const int32_t *part_base,
+                                                int r0, int nv, int chunk, int kvh) {
+    for (int v = threadIdx.x; v < nv; v += blockDim.x)
+        if (vlen[v] > 0) part_ms[partial_index(p, part_base, r0, v, chunk, kvh)] = make_float2(vmax[v], vsum[v]);
+}
+
 /* One (query group, chunk) item for KV head blockIdx.y; MAXV >= p.max_vec
  * bounds the vectors (rows x query heads of the group) a block holds. */
 template <typename T, typename KV, int MAXV>
@@ -120,15 +191,7 @@ static __device__ __forceinline__ void attn_item(float *smem, int item, const T 
     const int32_t *btr = bt + bt_off[r0];
     /* The first K tile is in flight while q is staged. */
     tile_load_async(tile, kc, btr, t0, min(p.sub, tend - t0), kvh, p);
-    for (int v = threadIdx.x; v < nv; v += blockDim.x) {
-        const int len = positions[r0 + v / p.group] + 1;
-        vlen[v] = min(t0 + cl, len) - t0;
-    }
-    for (int idx = threadIdx.x; idx < nv * hd; idx += blockDim.x) {
-        const int v = idx / hd, d = idx % hd;
-        const int row = r0 + v / p.group, qh = kvh * p.group + v % p.group;
-        qs[idx] = to_f(q[((size_t)row * p.n_heads + qh) * hd + d]);
-    }
+    stage_vectors(qs, hd, vlen, q, p, positions, r0, nv, t0, cl, kvh);
 
     /* Scores: lane l of a warp takes one key, a sequential FMA chain over
      * head_dim for each vector (the tile row is read once for all). */
@@ -165,28 +228,7 @@ static __device__ __forceinline__ void attn_item(float *smem, int item, const T 
     /* The first V tile loads while the softmax runs. */
     tile_load_async(tile, vc, btr, t0, min(p.sub, tend - t0), kvh, p);
 
-    /* Softmax over the chunk. */
-    for (int v = warp; v < nv; v += ATTN_WARPS) {
-        const int n = vlen[v];
-        if (n <= 0) continue;
-        float *s = sc + (size_t)v * MG_ATTN_CHUNK;
-        float m = -INFINITY;
-        for (int t = lane; t < n; t += 32) m = fmaxf(m, s[t]);
-        for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-        float sum = 0.0f;
-        for (int t = lane; t < n; t += 32) {
-            const float e = expf(s[t] - m);
-            s[t] = e;
-            sum += e;
-        }
-        for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-        sum = __shfl_sync(0xffffffffu, sum, 0); /* lane 0's association, for every lane */
-        for (int t = lane; t < n; t += 32) s[t] = s[t] / sum;
-        if (lane == 0) {
-            vmax[v] = m;
-            vsum[v] = sum;
-        }
-    }
+    chunk_softmax(sc, vmax, vsum, vlen, nv, 0);
     for (int idx = threadIdx.x; idx < nv * hd; idx += blockDim.x) qs[idx] = 0.0f;
 
     /* Output: sum_t a_t v_t, a sequential FMA chain over the keys in order
@@ -218,17 +260,9 @@ static __device__ __forceinline__ void attn_item(float *smem, int item, const T 
     /* Partials of the rows that have this chunk. */
     for (int idx = threadIdx.x; idx < nv * hd; idx += blockDim.x) {
         const int v = idx / hd, d = idx % hd;
-        if (vlen[v] <= 0) continue;
-        const int row = r0 + v / p.group, qh = kvh * p.group + v % p.group;
-        const size_t pidx = (size_t)part_base[row] + chunk;
-        part_out[(pidx * p.n_heads + qh) * hd + d] = qs[idx];
+        if (vlen[v] > 0) part_out[partial_index(p, part_base, r0, v, chunk, kvh) * hd + d] = qs[idx];
     }
-    for (int v = threadIdx.x; v < nv; v += blockDim.x) {
-        if (vlen[v] <= 0) continue;
-        const int row = r0 + v / p.group, qh = kvh * p.group + v % p.group;
-        const size_t pidx = (size_t)part_base[row] + chunk;
-        part_ms[pidx * p.n_heads + qh] = make_float2(vmax[v], vsum[v]);
-    }
+    store_ms(part_ms, vmax, vsum, vlen, p, part_base, r0, nv, chunk, kvh);
 }
 
 /* ---- tensor-core item (BF16 q and cache, head_dim % 32 == 0) -------------------
@@ -291,15 +325,7 @@ static __device__ __forceinline__ void attn_item_tc(float *smem, int item, const
     const int span16 = (tend - t0 + 15) & ~15; /* the keys the output mma steps cover */
     const int32_t *btr = bt + bt_off[r0];
     tile_load_async(tile, kc, btr, t0, min(p.sub, tend - t0), kvh, p);
-    for (int v = threadIdx.x; v < nv; v += blockDim.x) {
-        const int len = positions[r0 + v / p.group] + 1;
-        vlen[v] = min(t0 + cl, len) - t0;
-    }
-    for (int idx = threadIdx.x; idx < nv * hd; idx += blockDim.x) {
-        const int v = idx / hd, d = idx % hd;
-        const int row = r0 + v / p.group, qh = kvh * p.group + v % p.group;
-        qs[(size_t)v * qld + d] = q[((size_t)row * p.n_heads + qh) * hd + d];
-    }
+    stage_vectors(qs, qld, vlen, q, p, positions, r0, nv, t0, cl, kvh);
 
     /* Scores, one 8-key n-tile per warp at a time. */
     for (int tb = t0; tb < tend; tb += p.sub) {
@@ -337,28 +363,7 @@ static __device__ __forceinline__ void attn_item_tc(float *smem, int item, const
 
     /* Softmax over the chunk; weights past a vector's keys (up to the
      * 16-key step) are zero. */
-    for (int v = warp; v < nv; v += ATTN_WARPS) {
-        const int n = vlen[v];
-        float *s = sc + (size_t)v * MG_ATTN_CHUNK;
-        float m = -INFINITY, sum = 0.0f;
-        if (n > 0) {
-            for (int t = lane; t < n; t += 32) m = fmaxf(m, s[t]);
-            for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-            for (int t = lane; t < n; t += 32) {
-                const float e = expf(s[t] - m);
-                s[t] = e;
-                sum += e;
-            }
-            for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-            sum = __shfl_sync(0xffffffffu, sum, 0); /* lane 0's association, for every lane */
-            for (int t = lane; t < n; t += 32) s[t] = s[t] / sum;
-        }
-        for (int t = max(n, 0) + lane; t < span16; t += 32) s[t] = 0.0f;
-        if (lane == 0) {
-            vmax[v] = m;
-            vsum[v] = sum;
-        }
-    }
+    chunk_softmax(sc, vmax, vsum, vlen, nv, span16);
 
     /* Output: warp w takes the dim tiles w, w + 8, ... */
     float acc[MT][MAX_DT][4];
@@ -413,18 +418,11 @@ static __device__ __forceinline__ void attn_item_tc(float *smem, int item, const
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const int v = m * 16 + g + (e >= 2 ? 8 : 0), d = d0 + 2 * t4 + (e & 1);
-                if (v >= nv || vlen[v] <= 0) continue;
-                const int row = r0 + v / p.group, qh = kvh * p.group + v % p.group;
-                const size_t pidx = (size_t)part_base[row] + chunk;
-                part_out[(pidx * p.n_heads + qh) * hd + d] = acc[m][i][e];
+                if (v < nv && vlen[v] > 0)
+                    part_out[partial_index(p, part_base, r0, v, chunk, kvh) * hd + d] = acc[m][i][e];
             }
         }
-    for (int v = threadIdx.x; v < nv; v += blockDim.x) {
-        if (vlen[v] <= 0) continue;
-        const int row = r0 + v / p.group, qh = kvh * p.group + v % p.group;
-        const size_t pidx = (size_t)part_base[row] + chunk;
-        part_ms[pidx * p.n_heads + qh] = make_float2(vmax[v], vsum[v]);
-    }
+    store_ms(part_ms, vmax, vsum, vlen, p, part_base, r0, nv, chunk, kvh);
 }
 
 /* Blocks (x: a fixed count, y: KV heads) loop over the items, whose count
