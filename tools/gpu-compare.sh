@@ -11,15 +11,9 @@
 # Prints one table per setting; with OUT set, $OUT/compare.md too.
 set -u
 cd "$(dirname "$0")/.."
-B=build-gpu
-CKPT=${CKPT:-/tmp/mg-llama8b-random}
-export LD_LIBRARY_PATH="$PWD/$B/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-rm -rf "$B" && mkdir -p "$B" && tar -xf gpu-carry/prebuilt.tar.* -C "$B" || exit 1
-if [ ! -f "$CKPT/config.json" ]; then
-    python3 tools/make_checkpoint.py --preset llama-3.1-8b --shards 4 --seed 1 \
-        --tokenizer gpu-carry/mg-llama-27m/tokenizer.json --out "$CKPT" > /tmp/ckpt.log 2>&1 ||
-        { tail -3 /tmp/ckpt.log; exit 1; }
-fi
+. tools/gpu-env.sh
+gpu_unpack || exit 1
+gpu_ckpt8b || exit 1
 REPORT=/tmp/compare.md
 : > "$REPORT"
 IFS=';' read -r -a SETTINGS <<< "${MG_COMPARE:-}"

@@ -17,18 +17,10 @@
 # and an 8B-shaped checkpoint (written with tools/make_checkpoint.py if absent).
 set -u
 cd "$(dirname "$0")/.."
-CKPT=${1:-/tmp/mg-llama8b-random}
-B=build-gpu
-CARRY=${MG_CARRY:-gpu-carry}
-export LD_LIBRARY_PATH="$PWD/$B/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-if [ ! -x "$B/cuda_bench" ]; then
-    mkdir -p "$B" && tar -xf "$CARRY"/prebuilt.tar.* -C "$B" || exit 1
-fi
-if [ ! -f "$CKPT/config.json" ]; then
-    MODEL27=$CARRY/mg-llama-27m
-    python3 tools/make_checkpoint.py --preset llama-3.1-8b --shards 4 --seed 1 \
-        --tokenizer "$MODEL27/tokenizer.json" --out "$CKPT" > /tmp/checkpoint.log 2>&1 || { tail -n 3 /tmp/checkpoint.log; exit 1; }
-fi
+CKPT=${1:-${CKPT:-/tmp/mg-llama8b-random}}
+. tools/gpu-env.sh
+if [ ! -x "$B/cuda_bench" ]; then gpu_unpack || exit 1; fi
+gpu_ckpt8b || exit 1
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
 for cfg in ${MG_PROFILE_CONFIGS:-fast:1 invariant:1 fast:64 invariant:64}; do
     kern=${cfg%%:*} batch=${cfg##*:}

@@ -6,14 +6,9 @@
 # MG_QUICK_TESTS (criterion filter, default all op tests), CKPT.
 set -u
 cd "$(dirname "$0")/.."
-B=build-gpu
-CKPT=${CKPT:-/tmp/mg-llama8b-random}
-export LD_LIBRARY_PATH="$PWD/$B/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-rm -rf "$B" && mkdir -p "$B" && tar -xf gpu-carry/prebuilt.tar.* -C "$B" || exit 1
-if [ ! -f "$CKPT/config.json" ]; then
-    python3 tools/make_checkpoint.py --preset llama-3.1-8b --shards 4 --seed 1 \
-        --tokenizer gpu-carry/mg-llama-27m/tokenizer.json --out "$CKPT" > /tmp/ckpt.log 2>&1 &
-fi
+. tools/gpu-env.sh
+gpu_unpack || exit 1
+gpu_ckpt8b &
 timeout 200 "$B/tests/test_cuda_ops" ${MG_QUICK_TESTS:+--filter "$MG_QUICK_TESTS"} > /tmp/ops.log 2>&1
 echo "ops rc $?: $(grep Synthesis /tmp/ops.log)"
 grep -E "FAIL|fail|Assert" /tmp/ops.log | head -20
