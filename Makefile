@@ -43,6 +43,8 @@ CU_SRC   := $(sort $(wildcard src/backend/cuda/*.cu))
 LIB_OBJ  += $(CU_SRC:%.cu=$(BUILD)/%.o)
 CFLAGS   += -DMG_HAVE_CUDA
 LDLIBS   += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart_static -ldl -lrt -lpthread -lstdc++
+# The pinned-cuBLASLt probe (a standalone tool, bench/results/lt-pin-*.md).
+TOOL_BIN += $(BUILD)/lt_pin_probe
 endif
 
 .PHONY: all test asan clean deps FORCE
@@ -69,6 +71,10 @@ $(BUILD)/src/backend/backend.o: $(BUILD)/cuda.stamp
 $(BUILD)/%.o: %.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -MMD -MP -c -o $@ $<
+
+$(BUILD)/lt_pin_probe: tools/lt_pin_probe.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -o $@ $< -lcublasLt
 
 $(BUILD)/cuda_bench: tools/cuda_bench.c $(BUILD)/libmargingate.a
 	$(CC) $(CFLAGS) -MMD -MP -o $@ $< $(BUILD)/libmargingate.a $(LDLIBS)

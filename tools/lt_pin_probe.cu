@@ -8,7 +8,8 @@
  *    they stream from HBM) against the heuristic's own pick per M;
  *  - bitwise: rows of an M = m run (m = 1..128 and 512) vs the same rows of
  *    the M = 2048 run, and a row at a shifted x pointer.
- * Prints one line per candidate; not part of the build (nvcc -O2 ... -lcublasLt). */
+ * Prints one line per candidate. Built by make with CUDA (build/lt_pin_probe);
+ * run it on the GPU machine. */
 #include <cublasLt.h>
 #include <cuda_bf16.h>
 #include <stdio.h>

@@ -294,7 +294,7 @@ static mg_status upload_model(weights_entry *e, const mg_model *model) {
  * Llama-3.1-8B shapes on an H100). Other layers' shapes are the same; one
  * that is not (its parts stacked differently) is tuned on first use. */
 static mg_status prepare_invariant_gemms(const mg_weights *w, const mg_config *c) {
-    if (c->n_layers < 1 || mg_cuda.invariant_gemm_tc) return MG_OK;
+    if (c->n_layers < 1) return MG_OK;
     const mg_layer_weights *lw = &w->layers[0];
     /* The outputs are not touched: only the shapes, weights and biases matter. */
     const mg_matmul_part qkv[3] = {{NULL, &lw->wq, lw->bq}, {NULL, &lw->wk, lw->bk}, {NULL, &lw->wv, lw->bv}};
