@@ -568,9 +568,11 @@ Test(cuda_ops, matmul_multi_stacked) { multi_stacked_cases(gpu_or_skip()); }
 Test(cuda_ops, matmul_multi_stacked_tc) { multi_stacked_cases(gpu_tc_or_skip()); }
 
 /* INVARIANT matmul: row r of a batch of M equals the row computed alone,
- * bit for bit, for M across the skinny (<= MG_CUDA_SKINNY_MAX rows) and both
- * tiled kernels, with K split over blocks or not (the choice depends on the
- * tile count: on N, M and the GPU's SM count). */
+ * bit for bit, and so does the row recomputed alone in place. Pinned
+ * cuBLASLt: one kernel for every M (x and out staged when off its
+ * alignment). Own kernels: M across the skinny (<= MG_CUDA_SKINNY_MAX rows)
+ * and both tiled kernels, with K split over blocks or not (the choice
+ * depends on the tile count: on N, M and the GPU's SM count). */
 static void check_matmul_invariance(const mg_backend_ops *g, int N, int K, int logits) {
     const int Ms[] = {2, 9, 17, 33, 257, 5, 8, 16, 31, 32, 64, 65, 100, 128, 129, 2048};
     const int n_ms = quick() ? 5 : 16;
@@ -638,8 +640,14 @@ static void invariance_cases(const mg_backend_ops *g) {
 }
 
 /* The default invariant GEMMs: pinned cuBLASLt (on BF16 shapes it has an
- * algorithm for). */
-Test(cuda_ops, matmul_invariant_bitwise_across_batch_sizes) { invariance_cases(gpu_or_skip()); }
+ * algorithm for; at least one of these shapes must have one, or the test
+ * would only see the own kernels). */
+Test(cuda_ops, matmul_invariant_bitwise_across_batch_sizes) {
+    invariance_cases(gpu_or_skip());
+    char pins[2048];
+    mg_cuda_invariant_gemm_describe(pins, sizeof pins);
+    cr_expect(strstr(pins, ": algo") != NULL, "no shape ran pinned cuBLASLt: %s", pins);
+}
 
 /* The own tensor-core kernels (MG_CUDA_INVARIANT_GEMM=tc). */
 Test(cuda_ops, matmul_invariant_tc_bitwise_across_batch_sizes) { invariance_cases(gpu_tc_or_skip()); }
