@@ -416,6 +416,25 @@ Test(cuda_ops, matmul_f32_weights_bias_and_logits) {
             }
 }
 
+/* The FAST path's few-row kernel (gemv.cu) at every row count it takes
+ * (1..8): K with a partial last step (K / 8 not a multiple of 128), parts
+ * of an odd row count (a warp's second row past the end), one row, a
+ * w_down-sized K; logits (FP32 out) and three parts in one launch. */
+static void check_multi_stacked(const mg_backend_ops *g, int M, int K, int n_parts, const int *Ns, int bias_mask);
+
+Test(cuda_ops, matmul_gemv_vs_cpu) {
+    setenv("MG_CUDA_GEMV_MAX", "8", 1);
+    const mg_backend_ops *g = gpu_or_skip();
+    rng_seed(13);
+    const nk_shape shapes[] = {{1, 8}, {3, 264}, {200, 4104}, {4097, 520}, {33, 14336}};
+    for (int si = 0; si < 5; si++)
+        for (int M = 1; M <= 8; M++)
+            check_matmul(g, M, shapes[si].n, shapes[si].k, MG_DTYPE_BF16, 1, MG_KERNELS_FAST, (M + si) % 2, 0);
+    for (int M = 1; M <= 8; M += 7) check_matmul(g, M, 5000, 256, MG_DTYPE_BF16, 1, MG_KERNELS_FAST, 0, 1);
+    const int odd[3] = {201, 41, 39};
+    for (int M = 1; M <= 8; M += 3) check_multi_stacked(g, M, 264, 3, odd, 5);
+}
+
 /* matmul_multi gives exactly what separate matmul calls give. (The weights
  * here are separate buffers, so FAST takes the per-part path; stacked
  * weights in FAST, one wider GEMM, are checked against the CPU below.) */

@@ -38,6 +38,11 @@ tar -C "$STAGE" -cf - . | xz -9 -T0 > "$CARRY/prebuilt.tar.xz"
 # The commit the binaries were built from (-dirty: with uncommitted changes).
 echo "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src include tests Makefile 2>/dev/null || echo -dirty)" \
     > "$CARRY/prebuilt.commit"
+# MG_PREP_MODEL=0: only the tokenizer (for tools/gpu-ab.sh's variants, which
+# make the 8B-shaped checkpoint with it and need no 27M weights).
+if [ "${MG_PREP_MODEL:-1}" = 0 ] && [ ! -d "$CARRY/mg-llama-27m" ]; then
+    mkdir -p "$CARRY/mg-llama-27m" && cp ../shared/models/mg-llama-27m/tokenizer.json "$CARRY/mg-llama-27m/"
+fi
 if [ ! -d "$CARRY/mg-llama-27m" ] && [ -d ../shared/models/mg-llama-27m ]; then
     mkdir -p "$CARRY/mg-llama-27m"
     for f in config.json generation_config.json golden.json tokenizer.json tokenizer_config.json; do

@@ -54,6 +54,8 @@ typedef struct {
     /* Tunables, from the environment at init (docs/cuda.md). */
     int skinny_max_rows;  /* MG_CUDA_SKINNY_MAX: tensor-core skinny kernel up to this many rows (32) */
     int fast_gemm_tc;     /* MG_CUDA_FAST_GEMM=tc: the fast path uses the invariant kernels too */
+    int gemv_max_rows;    /* MG_CUDA_GEMV_MAX: the fast path's BF16 matmuls of up to this many rows run gemv.cu's
+                             kernel instead of cuBLASLt (default 2; 0: never; at most 8) */
     int invariant_gemm_tc; /* MG_CUDA_INVARIANT_GEMM=tc: the invariant path's BF16 GEMMs use the own tensor-core
                               kernels (order fixed by K alone, matmul_tc.cuh) instead of pinned cuBLASLt */
     int skinny_v2;        /* MG_CUDA_SKINNY_V2 (default 1): skinny kernel issues a split's weight loads up front */
@@ -223,6 +225,13 @@ int mg_cuda_lt_pins_describe(char *buf, size_t size);
  * shape if it is new (matmul.cu; the engine would otherwise tune on its
  * first invariant pass). */
 mg_status mg_cuda_matmul_prepare(const mg_matmul_part *parts, int n_parts, int out_f32);
+/* Whether gemv.cu's kernel takes these parts with M rows of x: BF16
+ * weights sharing K (K % 8 == 0), x and weights 16-byte aligned, M <= 8. */
+int mg_cuda_gemv_fits(const mg_matmul_part *parts, int n_parts, const void *x, int M);
+/* FAST matmul of all parts in one launch (gemv.cu): parts[p].out (M, n_p)
+ * = x (M, K) w_p^T (+ bias_p), FP32 accumulation, one rounding to BF16 (or
+ * FP32 when out_f32); an error unless mg_cuda_gemv_fits. */
+mg_status mg_cuda_gemv(const mg_matmul_part *parts, int n_parts, const void *x, int M, int out_f32);
 /* Frees the cuBLASLt handle and plans (at exit). */
 void mg_cuda_lt_shutdown(void);
 

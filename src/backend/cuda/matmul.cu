@@ -2,7 +2,9 @@
  * kernel for what the tensor-core paths do not take.
  *
  * Paths, by numerics and kernels (see matmul_tc.cuh, cublaslt.cu):
- * - BF16 activations, BF16 weights, FAST: cuBLASLt (its heuristics choose a
+ * - BF16 activations, BF16 weights, FAST, up to MG_CUDA_GEMV_MAX rows (2):
+ *   gemv.cu's weight-streaming kernel, all parts in one launch.
+ * - BF16 activations, BF16 weights, FAST, more rows: cuBLASLt (its heuristics choose a
  *   kernel per M, as in production engines: the source of batch-induced
  *   flips on the GPU); a bias goes through an FP32 result and one epilogue
  *   kernel, so that the bias is added before the single BF16 rounding, as
@@ -290,6 +292,8 @@ static mg_status run_parts(const mg_matmul_part *parts, int n_parts, const void 
     case PATH_LT:
     case PATH_LT_PINNED: {
         const int pinned = path == PATH_LT_PINNED;
+        if (!pinned && n <= mg_cuda.gemv_max_rows && mg_cuda_gemv_fits(parts, n_parts, in, n))
+            return mg_cuda_gemv(parts, n_parts, in, n, out_f32);
         if ((pinned || n <= LT_STACK_MAX_ROWS) && parts_stacked(parts, n_parts))
             return lt_stacked(pinned, parts, n_parts, in, n, out_f32);
         for (int i = 0; i < n_parts; i++)
