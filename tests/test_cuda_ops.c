@@ -1134,6 +1134,11 @@ Test(cuda_ops, tiny_model_forward_vs_cpu) {
             }
         free_tiny(&t);
     }
+    /* The upload tuned FAST's algorithms of the stacked q/k/v (384 x 256;
+     * FP32 with Qwen2's biases), which the prefill ran. */
+    char fast[8192];
+    mg_cuda_fast_gemm_describe(fast, sizeof fast);
+    cr_expect(strstr(fast, "384 x 256:") && strstr(fast, "384 x 256 f32:"), "q/k/v not tuned for FAST: %s", fast);
 }
 
 /* Whole forward pass, INVARIANT: a decode row computed alone gives the same

@@ -305,6 +305,8 @@ int main(int argc, char **argv) {
         char gemm[2048];
         mg_cuda_invariant_gemm_describe(gemm, sizeof gemm);
         if (*gemm) fprintf(tf, "\ninvariant GEMMs: %s\n", gemm);
+        mg_cuda_fast_gemm_describe(gemm, sizeof gemm);
+        if (*gemm) fprintf(tf, "fast GEMMs: %s\n", gemm);
     }
     fclose(tf);
     fputs(table, stdout);

@@ -24,6 +24,10 @@ const mg_tp_comm_ops *mg_tp_comm_nccl(void) {
 void mg_cuda_invariant_gemm_describe(char *buf, size_t size) {
     if (size) buf[0] = 0;
 }
+
+void mg_cuda_fast_gemm_describe(char *buf, size_t size) {
+    if (size) buf[0] = 0;
+}
 #endif
 
 const mg_backend_ops *mg_backend_by_name(const char *name) {

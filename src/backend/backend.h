@@ -221,6 +221,13 @@ const mg_backend_ops *mg_backend_cuda_on(int device);
  * CUDA. Into buf (truncated to size). */
 void mg_cuda_invariant_gemm_describe(char *buf, size_t size);
 
+/* What the CUDA backend's FAST GEMMs run on device 0: "timed cuBLASLt
+ * choices: N x K: M gain ..." (gain: the heuristic's first pick's time over
+ * the chosen algorithm's, per batch-size bucket), "cuBLASLt heuristic
+ * (MG_CUDA_FAST_TUNE=0)" or "own tensor-core kernels (MG_CUDA_FAST_GEMM=tc)";
+ * "" without CUDA. Into buf (truncated to size). */
+void mg_cuda_fast_gemm_describe(char *buf, size_t size);
+
 /* "cpu" -> mg_backend_cpu(), "cuda" -> mg_backend_cuda(); "auto" (or NULL)
  * picks CUDA when it is available, else the CPU. NULL with a message for an
  * unknown name or an unavailable backend. */

@@ -288,12 +288,14 @@ static mg_status upload_model(weights_entry *e, const mg_model *model) {
     return MG_OK;
 }
 
-/* Tunes the pinned invariant GEMMs of the model's shapes (layer 0's
- * matrices, as forward.c passes them, and the LM head) right after the
- * upload, so that the first request does not wait for it (about 1.7 s at
- * Llama-3.1-8B shapes on an H100). Other layers' shapes are the same; one
- * that is not (its parts stacked differently) is tuned on first use. */
-static mg_status prepare_invariant_gemms(const mg_weights *w, const mg_config *c) {
+/* Tunes the GEMMs of the model's shapes (layer 0's matrices, as forward.c
+ * passes them, and the LM head: FAST's algorithms per batch-size bucket and
+ * the pinned invariant ones) right after the upload, so that the first
+ * request does not wait for it (a few seconds at Llama-3.1-8B shapes on an
+ * H100). Other layers' shapes are the same; one that is not (its parts
+ * stacked differently) gets the pin tuned on first use and FAST's
+ * heuristic picks. */
+static mg_status prepare_gemms(const mg_weights *w, const mg_config *c) {
     if (c->n_layers < 1) return MG_OK;
     const mg_layer_weights *lw = &w->layers[0];
     /* The outputs are not touched: only the shapes, weights and biases matter. */
@@ -328,7 +330,7 @@ static mg_status cuda_weights_acquire(const mg_weights **out, const mg_model *mo
             cudaError_t err = cudaDeviceSynchronize();
             if (err != cudaSuccess) st = mg_cuda_fail(err, "cudaDeviceSynchronize", __FILE__, __LINE__);
         }
-        if (st == MG_OK) st = prepare_invariant_gemms(&e->w, &model->config);
+        if (st == MG_OK) st = prepare_gemms(&e->w, &model->config);
         if (st != MG_OK) {
             entry_free(e);
             return st;
@@ -699,6 +701,7 @@ static mg_status cuda_init(int dev) {
     /* H100, 8B shapes, 2026-11-23: the GEMV kernel beat cuBLASLt at batch 1
      * (6.00 vs 6.55 ms a step) and 2 (6.22 vs 6.59), lost at 4 (6.81 vs 6.63)
      * and 8 (8.75 vs 6.82). */
+    mg_cuda.fast_tune = env_int("MG_CUDA_FAST_TUNE", 1) != 0;
     mg_cuda.gemv_max_rows = env_int("MG_CUDA_GEMV_MAX", 2);
     if (mg_cuda.gemv_max_rows < 0 || mg_cuda.gemv_max_rows > 8)
         return mg_error_set(MG_ERR_ARG, "MG_CUDA_GEMV_MAX=%d: use 0..8", mg_cuda.gemv_max_rows);
@@ -758,4 +761,16 @@ extern "C" void mg_cuda_invariant_gemm_describe(char *buf, size_t size) {
     }
     const int n = snprintf(buf, size, "pinned cuBLASLt: ");
     if (n > 0 && (size_t)n < size) mg_cuda_lt_pins_describe(buf + n, size - (size_t)n);
+}
+
+extern "C" void mg_cuda_fast_gemm_describe(char *buf, size_t size) {
+    if (!size) return;
+    buf[0] = 0;
+    if (!mg_backend_cuda()) return;
+    if (mg_cuda.fast_gemm_tc) snprintf(buf, size, "own tensor-core kernels (MG_CUDA_FAST_GEMM=tc)");
+    else if (!mg_cuda.fast_tune) snprintf(buf, size, "cuBLASLt heuristic (MG_CUDA_FAST_TUNE=0)");
+    else {
+        const int n = snprintf(buf, size, "timed cuBLASLt choices (gain per M): ");
+        if (n > 0 && (size_t)n < size) mg_cuda_lt_fast_describe(buf + n, size - (size_t)n);
+    }
 }

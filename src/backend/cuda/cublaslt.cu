@@ -1,10 +1,14 @@
 /* cuBLASLt GEMMs, BF16 x BF16 with FP32 accumulation, BF16 or FP32 output,
  * in two flavours:
- * - heuristic (FAST): the algorithm cuBLASLt's heuristic picks for each
- *   shape (cached per (M, N, K, output type); the heuristic is
- *   deterministic, so a shape always runs the same kernel, but different M
- *   may run different kernels with different reduction orders, split-K
- *   among them: the source of the GPU's batch-induced flips);
+ * - heuristic (FAST): per (N, K, output type) and batch-size bucket, the
+ *   fastest of the heuristic's top results by timing (fast_tune, when the
+ *   model's weights are uploaded: mg_cuda_lt_fast_prepare; MG_CUDA_FAST_TUNE=0
+ *   or an unprepared shape or M > 256: the heuristic's first pick), cached
+ *   per (M, N, K, output type): a shape always runs the same kernel in a
+ *   process, but different M may run different kernels with different
+ *   reduction orders, split-K among them (the source of the GPU's
+ *   batch-induced flips), and another process may time another kernel
+ *   faster;
  * - pinned (INVARIANT): one algorithm per (N, K, output type) for every M,
  *   without split-K. A kernel without split-K computes each output element
  *   as one sequence of tensor-core steps over K in order, the same code for
@@ -53,7 +57,23 @@ typedef struct {
     float mean, worst; /* the chosen algorithm's time / best candidate's time over the tuning M: mean, max */
 } lt_pin;
 
-/* Per device (mg_cuda_dev): handle, workspace, plan cache and pins. */
+/* The FAST path's algorithms of one (N, K, output type), chosen by timing
+ * per batch-size bucket (fast_tune): M runs bucket b's algorithm for the
+ * smallest fast_bucket_m[b] >= M (cuBLASLt's heuristic picks one algorithm
+ * per M from its model of the GPU; at decode sizes its first pick is often
+ * not the fastest of its own top results: lt-pin-h100-2026-11-23.md). */
+#define FAST_BUCKETS 13
+static const int fast_bucket_m[FAST_BUCKETS] = {1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256};
+#define FAST_CANDS 8
+#define LT_MAX_FAST 64
+typedef struct {
+    int N, K, out_f32;
+    cublasLtMatmulAlgo_t algo[FAST_BUCKETS];
+    int tuned[FAST_BUCKETS]; /* 0: the heuristic gave nothing; its first pick stands */
+    float gain[FAST_BUCKETS]; /* the heuristic's first pick's time / the chosen one's */
+} lt_fast;
+
+/* Per device (mg_cuda_dev): handle, workspace, plan cache, pins and FAST choices. */
 typedef struct {
     cublasLtHandle_t lt;
     void *workspace;
@@ -61,6 +81,8 @@ typedef struct {
     int n_plans;
     lt_pin pins[LT_MAX_PINS];
     int n_pins;
+    lt_fast fasts[LT_MAX_FAST];
+    int n_fasts;
 } lt_state;
 static lt_state lt_devs[MG_CUDA_MAX_DEV];
 #define LT (lt_devs[mg_cuda_dev])
@@ -257,6 +279,60 @@ static mg_status pin_tune(lt_pin *pin, const pin_weights *wts, void *x, void *ou
     return MG_OK;
 }
 
+/* What a tuning run streams (weight copies) and writes (x, out scratch of
+ * max_m rows). */
+typedef struct {
+    pin_weights wts;
+    void *extra[PIN_MAX_COPIES];
+    void *x, *out;
+} tune_bufs;
+
+/* Allocates b for (N, K) weights w: as many copies as fit, up to twice
+ * the L2 (fewer only blur the timing), filled with BF16 0x3c3c (0.0115):
+ * w itself may span two allocations (adjacent stacked parts), which a
+ * copy must not. Called outside any capture; tune_bufs_free in any case. */
+static mg_status tune_bufs_alloc(tune_bufs *b, int N, int K, int out_f32, const void *w, int max_m) {
+    memset(b, 0, sizeof *b);
+    b->wts.copies[0] = w;
+    b->wts.n = 1;
+    int dev = 0, l2 = 0;
+    MG_CUDA_TRY(cudaGetDevice(&dev));
+    MG_CUDA_TRY(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev));
+    const size_t w_bytes = (size_t)N * K * 2, stream_bytes = 2 * (size_t)(l2 > 0 ? l2 : (64 << 20));
+    for (size_t have = w_bytes; have < stream_bytes && b->wts.n < PIN_MAX_COPIES; have += w_bytes) {
+        void *c = NULL;
+        if (cudaMalloc(&c, w_bytes) != cudaSuccess) {
+            (void)cudaGetLastError();
+            break;
+        }
+        b->extra[b->wts.n] = c;
+        if (cudaMemsetAsync(c, 0x3c, w_bytes, mg_cuda.stream) != cudaSuccess)
+            return mg_error_set(MG_ERR_BACKEND, "cudaMemsetAsync failed");
+        b->wts.copies[b->wts.n++] = c;
+    }
+    if (cudaMalloc(&b->x, (size_t)max_m * K * 2) != cudaSuccess ||
+        cudaMalloc(&b->out, (size_t)max_m * N * (out_f32 ? 4 : 2)) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return mg_error_set(MG_ERR_OOM, "GEMM %d x %d: no device memory to tune it", N, K);
+    }
+    if (cudaMemsetAsync(b->x, 0, (size_t)max_m * K * 2, mg_cuda.stream) != cudaSuccess)
+        return mg_error_set(MG_ERR_BACKEND, "cudaMemsetAsync failed");
+    return MG_OK;
+}
+
+/* Waits for the tuning runs (an error into *st if they failed and *st was
+ * MG_OK) and frees b. */
+static void tune_bufs_free(tune_bufs *b, mg_status *st) {
+    if (cudaStreamSynchronize(mg_cuda.stream) != cudaSuccess && *st == MG_OK)
+        *st = mg_error_set(MG_ERR_BACKEND, "GEMM tuning: %s", cudaGetErrorString(cudaGetLastError()));
+    for (int i = 0; i < PIN_MAX_COPIES; i++)
+        if (b->extra[i]) cudaFree(b->extra[i]);
+    if (b->x) cudaFree(b->x);
+    if (b->out) cudaFree(b->out);
+    memset(b, 0, sizeof *b);
+    mg_cuda.buffers_gen++; /* freed device memory: recorded graphs must not outlive it */
+}
+
 /* The pin of (N, K, out_f32), tuned on first use (w: the weights the call
  * is about; the tuning runs GEMMs on them and synchronises the stream). */
 static mg_status pin_get(int N, int K, int out_f32, const void *w, lt_pin **out) {
@@ -279,45 +355,92 @@ static mg_status pin_get(int N, int K, int out_f32, const void *w, lt_pin **out)
                             N, K);
     lt_pin *pin = &LT.pins[LT.n_pins];
     *pin = (lt_pin){N, K, out_f32, 0, {}, 0.0f, 0.0f};
-    int dev = 0, l2 = 0;
-    MG_CUDA_TRY(cudaGetDevice(&dev));
-    MG_CUDA_TRY(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev));
-    const int max_m = pin_tune_m[PIN_TUNE_M - 1];
-    const size_t w_bytes = (size_t)N * K * 2, stream_bytes = 2 * (size_t)(l2 > 0 ? l2 : (64 << 20));
-    pin_weights wts = {{w}, 1};
-    void *extra[PIN_MAX_COPIES] = {NULL}, *x = NULL, *out_buf = NULL;
-    mg_status st = MG_OK;
-    /* As many copies as fit (fewer only blur the timing). Filled with BF16
-     * 0x3c3c (0.0115): w itself may span two allocations (adjacent stacked
-     * parts), which a copy must not. */
-    for (size_t have = w_bytes; have < stream_bytes && wts.n < PIN_MAX_COPIES && st == MG_OK; have += w_bytes) {
-        if (cudaMalloc(&extra[wts.n], w_bytes) != cudaSuccess) {
-            (void)cudaGetLastError();
-            extra[wts.n] = NULL;
-            break;
-        }
-        if (cudaMemsetAsync(extra[wts.n], 0x3c, w_bytes, mg_cuda.stream) != cudaSuccess)
-            st = mg_error_set(MG_ERR_BACKEND, "cudaMemsetAsync failed");
-        else
-            wts.copies[wts.n] = extra[wts.n], wts.n++;
-    }
-    if (st == MG_OK && (cudaMalloc(&x, (size_t)max_m * K * 2) != cudaSuccess ||
-                        cudaMalloc(&out_buf, (size_t)max_m * N * (out_f32 ? 4 : 2)) != cudaSuccess))
-        st = mg_error_set(MG_ERR_OOM, "invariant GEMM %d x %d: no device memory to tune it", N, K);
-    if (st == MG_OK && cudaMemsetAsync(x, 0, (size_t)max_m * K * 2, mg_cuda.stream) != cudaSuccess)
-        st = mg_error_set(MG_ERR_BACKEND, "cudaMemsetAsync failed");
-    if (st == MG_OK) st = pin_tune(pin, &wts, x, out_buf);
-    if (st == MG_OK && cudaStreamSynchronize(mg_cuda.stream) != cudaSuccess)
-        st = mg_error_set(MG_ERR_BACKEND, "invariant GEMM tuning: %s", cudaGetErrorString(cudaGetLastError()));
-    for (int i = 0; i < PIN_MAX_COPIES; i++)
-        if (extra[i]) cudaFree(extra[i]);
-    cudaFree(x);
-    cudaFree(out_buf);
-    mg_cuda.buffers_gen++; /* freed device memory: recorded graphs must not outlive it */
+    tune_bufs b;
+    mg_status st = tune_bufs_alloc(&b, N, K, out_f32, w, pin_tune_m[PIN_TUNE_M - 1]);
+    if (st == MG_OK) st = pin_tune(pin, &b.wts, b.x, b.out);
+    tune_bufs_free(&b, &st);
     MG_TRY(st);
     LT.n_pins++;
     *out = pin;
     return MG_OK;
+}
+
+/* ---- tuned heuristic algorithms (FAST) ------------------------------------------ */
+
+/* For each bucket M: the heuristic's first FAST_CANDS results, each timed
+ * as pin_tune times (back to back over the weight copies); the fastest is
+ * kept. */
+static mg_status fast_tune(lt_fast *f, const tune_bufs *b) {
+    cudaEvent_t e0 = NULL, e1 = NULL;
+    MG_CUDA_TRY(cudaEventCreate(&e0));
+    mg_status st = cudaEventCreate(&e1) == cudaSuccess ? MG_OK : mg_error_set(MG_ERR_BACKEND, "cudaEventCreate failed");
+    for (int bi = 0; bi < FAST_BUCKETS && st == MG_OK; bi++) {
+        lt_plan p;
+        cublasLtMatmulHeuristicResult_t res[FAST_CANDS];
+        int found = 0;
+        st = plan_descs(&p, fast_bucket_m[bi], f->N, f->K, f->out_f32, 0);
+        if (st == MG_OK) st = heuristic(&p, FAST_CANDS, res, &found);
+        float first = 0.0f, best = 1e30f;
+        for (int c = 0; c < found && st == MG_OK; c++) {
+            float t = 0.0f;
+            st = time_algo(&p, &res[c].algo, &b->wts, b->x, b->out, e0, e1, &t);
+            if (c == 0) first = t;
+            if (st == MG_OK && t < best) best = t, f->algo[bi] = res[c].algo;
+        }
+        plan_free(&p);
+        f->tuned[bi] = st == MG_OK && found > 0;
+        f->gain[bi] = f->tuned[bi] ? first / best : 1.0f;
+    }
+    cudaEventDestroy(e0);
+    if (e1) cudaEventDestroy(e1);
+    return st;
+}
+
+static lt_fast *fast_find(int N, int K, int out_f32) {
+    for (int i = 0; i < LT.n_fasts; i++)
+        if (LT.fasts[i].N == N && LT.fasts[i].K == K && LT.fasts[i].out_f32 == out_f32) return &LT.fasts[i];
+    return NULL;
+}
+
+mg_status mg_cuda_lt_fast_prepare(int N, int K, int out_f32, const void *w) {
+    if (!mg_cuda.fast_tune) return MG_OK;
+    MG_TRY(lt_init());
+    if (fast_find(N, K, out_f32) || LT.n_fasts == LT_MAX_FAST) return MG_OK;
+    cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+    MG_CUDA_TRY(cudaStreamIsCapturing(mg_cuda.stream, &cap));
+    if (cap != cudaStreamCaptureStatusNone) return MG_OK; /* the heuristic's picks, untuned */
+    lt_fast *f = &LT.fasts[LT.n_fasts];
+    memset(f, 0, sizeof *f);
+    f->N = N, f->K = K, f->out_f32 = out_f32;
+    tune_bufs b;
+    mg_status st = tune_bufs_alloc(&b, N, K, out_f32, w, fast_bucket_m[FAST_BUCKETS - 1]);
+    if (st == MG_OK) st = fast_tune(f, &b);
+    tune_bufs_free(&b, &st);
+    MG_TRY(st);
+    LT.n_fasts++;
+    return MG_OK;
+}
+
+int mg_cuda_lt_fast_describe(char *buf, size_t size) {
+    size_t used = 0;
+    int n = 0;
+    if (size) buf[0] = 0;
+    for (int i = 0; i < LT.n_fasts; i++) {
+        const lt_fast *f = &LT.fasts[i];
+        int w = snprintf(buf + used, size - used, "%s%d x %d%s:", n ? "; " : "", f->N, f->K, f->out_f32 ? " f32" : "");
+        for (int bi = 0; bi < FAST_BUCKETS && w >= 0 && (size_t)w < size - used; bi++) {
+            const int more = snprintf(buf + used + w, size - used - w, " %d %.2f", fast_bucket_m[bi], f->gain[bi]);
+            if (more < 0) w = -1;
+            else w += more;
+        }
+        if (w < 0 || (size_t)w >= size - used) {
+            buf[used] = 0;
+            break;
+        }
+        used += (size_t)w;
+        n++;
+    }
+    return n;
 }
 
 static mg_status make_plan(lt_plan *p, int M, int N, int K, int out_f32, const lt_pin *pin) {
@@ -332,6 +455,20 @@ static mg_status make_plan(lt_plan *p, int M, int N, int K, int out_f32, const l
                                 N, K, M);
         p->algo = pin->algo;
         return MG_OK;
+    }
+    /* FAST: the tuned algorithm of M's bucket when cuBLASLt takes it at M. */
+    const lt_fast *f = fast_find(N, K, out_f32);
+    for (int bi = 0; f && bi < FAST_BUCKETS; bi++) {
+        if (fast_bucket_m[bi] < M) continue;
+        cublasLtMatmulHeuristicResult_t r;
+        if (f->tuned[bi] &&
+            cublasLtMatmulAlgoCheck(LT.lt, p->desc, p->a, p->b, p->d, p->d, &f->algo[bi], &r) ==
+                CUBLAS_STATUS_SUCCESS &&
+            r.workspaceSize <= LT_WORKSPACE) {
+            p->algo = f->algo[bi];
+            return MG_OK;
+        }
+        break;
     }
     cublasLtMatmulHeuristicResult_t result;
     int found = 0;

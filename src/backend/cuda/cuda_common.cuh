@@ -54,6 +54,7 @@ typedef struct {
     /* Tunables, from the environment at init (docs/cuda.md). */
     int skinny_max_rows;  /* MG_CUDA_SKINNY_MAX: tensor-core skinny kernel up to this many rows (32) */
     int fast_gemm_tc;     /* MG_CUDA_FAST_GEMM=tc: the fast path uses the invariant kernels too */
+    int fast_tune;        /* MG_CUDA_FAST_TUNE (default 1): the fast path's cuBLASLt algorithms chosen by timing */
     int gemv_max_rows;    /* MG_CUDA_GEMV_MAX: the fast path's BF16 matmuls of up to this many rows run gemv.cu's
                              kernel instead of cuBLASLt (default 2; 0: never; at most 8) */
     int invariant_gemm_tc; /* MG_CUDA_INVARIANT_GEMM=tc: the invariant path's BF16 GEMMs use the own tensor-core
@@ -220,11 +221,21 @@ mg_status mg_cuda_lt_pinned_usable(int N, int K, int out_f32, const void *w, int
 /* "N x K: algo .. tile .. (worst ..x); ..." for the pins made so far on the
  * current device, into buf (truncated to size); returns how many. */
 int mg_cuda_lt_pins_describe(char *buf, size_t size);
-/* Makes the invariant path's choices for these parts now (BF16 numerics;
- * out_f32: the LM head's FP32 logits): tunes the pinned algorithm of their
- * shape if it is new (matmul.cu; the engine would otherwise tune on its
- * first invariant pass). */
+/* Makes the GEMM choices for these parts now (BF16 numerics; out_f32: the
+ * LM head's FP32 logits): tunes the FAST path's algorithms and the pinned
+ * invariant algorithm of their shapes if new (matmul.cu; the engine would
+ * otherwise tune the pin on its first invariant pass, and FAST would take
+ * the heuristic's first picks). */
 mg_status mg_cuda_matmul_prepare(const mg_matmul_part *parts, int n_parts, int out_f32);
+/* Times the FAST path's candidate algorithms for (N, K, out_f32) on
+ * weights w at a ladder of batch sizes up to 256 and keeps the fastest per
+ * size (cublaslt.cu); a no-op when done before, inside a capture, or under
+ * MG_CUDA_FAST_TUNE=0. Synchronises the stream. */
+mg_status mg_cuda_lt_fast_prepare(int N, int K, int out_f32, const void *w);
+/* "N x K: M gain M gain ...; ..." (gain: the heuristic's first pick's time
+ * over the chosen algorithm's) for the shapes tuned so far on the current
+ * device, into buf (truncated to size); returns how many. */
+int mg_cuda_lt_fast_describe(char *buf, size_t size);
 /* Whether gemv.cu's kernel takes these parts with M rows of x: BF16
  * weights sharing K (K % 8 == 0), x and weights 16-byte aligned, M <= 8. */
 int mg_cuda_gemv_fits(const mg_matmul_part *parts, int n_parts, const void *x, int M);

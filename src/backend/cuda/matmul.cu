@@ -307,8 +307,27 @@ static mg_status run_parts(const mg_matmul_part *parts, int n_parts, const void 
     }
 }
 
+/* The FAST path's cuBLASLt shapes for these parts (as run_parts runs them
+ * up to LT_STACK_MAX_ROWS rows: stacked parts as one GEMM, FP32 when any
+ * has a bias or out_f32; else one per part), each tuned. */
+static mg_status prepare_fast(const mg_matmul_part *parts, int n_parts, int out_f32) {
+    mm_path path;
+    MG_TRY(choose(parts, n_parts, MG_KERNELS_FAST, 1, out_f32, &path));
+    if (path != PATH_LT) return MG_OK;
+    const int K = parts[0].w->cols;
+    if (parts_stacked(parts, n_parts)) {
+        int n_total = 0, acc_f32 = out_f32;
+        for (int p = 0; p < n_parts; p++) n_total += parts[p].w->rows, acc_f32 |= parts[p].bias != NULL;
+        return mg_cuda_lt_fast_prepare(n_total, K, acc_f32, parts[0].w->data);
+    }
+    for (int p = 0; p < n_parts; p++)
+        MG_TRY(mg_cuda_lt_fast_prepare(parts[p].w->rows, K, out_f32 || parts[p].bias, parts[p].w->data));
+    return MG_OK;
+}
+
 mg_status mg_cuda_matmul_prepare(const mg_matmul_part *parts, int n_parts, int out_f32) {
     if (n_parts < 1 || n_parts > MG_TC_MAX_SEGS) return MG_OK;
+    MG_TRY(prepare_fast(parts, n_parts, out_f32));
     mm_path path;
     return choose(parts, n_parts, MG_KERNELS_INVARIANT, 1, out_f32, &path);
 }
