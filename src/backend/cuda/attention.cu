@@ -33,6 +33,13 @@
 
 #define ATTN_WARPS 8
 #define ATTN_TILE 32 /* keys per warp in the score loop: one per lane */
+/* Row stride of the scores (floats): the chunk plus 16 bytes, so that the
+ * rows of a tensor-core A fragment (ldmatrix, 8 rows of 16 bytes) and the
+ * score stores of 4 vectors fall on different banks. A tensor-core item's
+ * weights are stored as BF16 hi/lo in a vector's row: hi at BF16 index 0,
+ * lo at SC_LO (16-byte aligned), MG_ATTN_CHUNK each. */
+#define SC_LD (MG_ATTN_CHUNK + 4)
+#define SC_LO (MG_ATTN_CHUNK + 8)
 
 typedef struct {
     int n_heads, n_kv_heads, hd, group; /* group = n_heads / n_kv_heads */
@@ -116,16 +123,18 @@ static __device__ __forceinline__ void stage_vectors(QS *qs, int qld, int *vlen,
 }
 
 /* Softmax of each vector's scores over its vlen keys, in place in sc (nv,
- * MG_ATTN_CHUNK): chunk max; exp(s - max); per-lane sums in key order, a
- * fixed xor tree (lane 0's association for every lane); a_t = exp_t / sum.
- * Weights from vlen up to `span` are set to 0 (the tensor-core item's
- * 16-key steps). One warp per vector. */
+ * SC_LD): chunk max; exp(s - max); per-lane sums in key order, a fixed xor
+ * tree (lane 0's association for every lane); a_t = exp_t / sum. Weights
+ * from vlen up to `span` are 0 (the tensor-core item's 16-key steps).
+ * split: the weights are stored as BF16 hi = rn(a_t) and lo = rn(a_t - hi)
+ * (see SC_LO; the tensor-core item's A operands), else as floats. One warp
+ * per vector. */
 static __device__ __forceinline__ void chunk_softmax(float *sc, float *vmax, float *vsum, const int *vlen, int nv,
-                                                     int span) {
+                                                     int span, bool split) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     for (int v = warp; v < nv; v += ATTN_WARPS) {
         const int n = vlen[v];
-        float *s = sc + (size_t)v * MG_ATTN_CHUNK;
+        float *s = sc + (size_t)v * SC_LD;
         float m = -INFINITY, sum = 0.0f;
         if (n > 0) {
             for (int t = lane; t < n; t += 32) m = fmaxf(m, s[t]);
@@ -137,9 +146,27 @@ static __device__ __forceinline__ void chunk_softmax(float *sc, float *vmax, flo
             }
             for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
             sum = __shfl_sync(0xffffffffu, sum, 0);
-            for (int t = lane; t < n; t += 32) s[t] = s[t] / sum;
         }
-        for (int t = max(n, 0) + lane; t < span; t += 32) s[t] = 0.0f;
+        float a[MG_ATTN_CHUNK / 32]; /* lane's weights t = lane + 32 i, read before any store (split overlays) */
+#pragma unroll
+        for (int i = 0; i < MG_ATTN_CHUNK / 32; i++) {
+            const int t = lane + 32 * i;
+            a[i] = t < n ? s[t] / sum : 0.0f;
+        }
+        __syncwarp();
+        bf16 *hi = (bf16 *)s, *lo = hi + SC_LO;
+#pragma unroll
+        for (int i = 0; i < MG_ATTN_CHUNK / 32; i++) {
+            const int t = lane + 32 * i;
+            if (t >= max(n, span)) break;
+            if (!split) {
+                s[t] = a[i];
+            } else {
+                const bf16 h = __float2bfloat16_rn(a[i]);
+                hi[t] = h;
+                lo[t] = __float2bfloat16_rn(a[i] - __bfloat162float(h));
+            }
+        }
         if (lane == 0) {
             vmax[v] = m;
             vsum[v] = sum;
@@ -179,8 +206,8 @@ static __device__ __forceinline__ void attn_item(float *smem, int item, const T 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     KV *tile = (KV *)smem;                            /* (p.sub, ld): K, then V keys */
     float *qs = (float *)(tile + (size_t)p.sub * ld); /* (mv, hd): q, then the output accumulators */
-    float *sc = qs + (size_t)mv * hd;                 /* (mv, MG_ATTN_CHUNK): scores, then weights a_t */
-    float *vsum = sc + (size_t)mv * MG_ATTN_CHUNK;    /* (mv) */
+    float *sc = qs + (size_t)mv * hd;                 /* (mv, SC_LD): scores, then weights a_t */
+    float *vsum = sc + (size_t)mv * SC_LD;            /* (mv) */
     float *vmax = vsum + mv;                          /* (mv) */
     int *vlen = (int *)(vmax + mv);                   /* (mv) keys of the chunk the vector attends to */
 
@@ -220,7 +247,7 @@ static __device__ __forceinline__ void attn_item(float *smem, int item, const T 
                 }
 #pragma unroll
                 for (int v = 0; v < MAXV; v++)
-                    if (v < nv && t < vlen[v]) sc[(size_t)v * MG_ATTN_CHUNK + t] = s[v] * p.scale;
+                    if (v < nv && t < vlen[v]) sc[(size_t)v * SC_LD + t] = s[v] * p.scale;
             }
         }
         __syncthreads();
@@ -228,7 +255,7 @@ static __device__ __forceinline__ void attn_item(float *smem, int item, const T 
     /* The first V tile loads while the softmax runs. */
     tile_load_async(tile, vc, btr, t0, min(p.sub, tend - t0), kvh, p);
 
-    chunk_softmax(sc, vmax, vsum, vlen, nv, 0);
+    chunk_softmax(sc, vmax, vsum, vlen, nv, 0, false);
     for (int idx = threadIdx.x; idx < nv * hd; idx += blockDim.x) qs[idx] = 0.0f;
 
     /* Output: sum_t a_t v_t, a sequential FMA chain over the keys in order
@@ -243,7 +270,7 @@ static __device__ __forceinline__ void attn_item(float *smem, int item, const T 
             const int v = task / half, d = 2 * (task % half);
             const int nn = min(nt, vlen[v] - (tb - t0));
             if (nn <= 0) continue;
-            const float *a = sc + (size_t)v * MG_ATTN_CHUNK + (tb - t0);
+            const float *a = sc + (size_t)v * SC_LD + (tb - t0);
             float *acc = qs + (size_t)v * hd + d;
             float a0 = acc[0], a1 = acc[1];
             for (int j = 0; j < nn; j++) {
@@ -290,13 +317,13 @@ static __device__ __forceinline__ void ldmatrix_x2_trans(uint32_t &b0, uint32_t 
     asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(b0), "=r"(b1) : "r"(a));
 }
 
-/* (x0, x1) as two BF16 pairs: hi = the rounded values, lo = the rounded
- * remainders, so hi + lo carries 16 significant bits of each. */
-static __device__ __forceinline__ void split_bf16x2(float x0, float x1, uint32_t &hi, uint32_t &lo) {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);
-    const __nv_bfloat162 l = __floats2bfloat162_rn(x0 - __low2float(h), x1 - __high2float(h));
-    hi = *(const uint32_t *)&h;
-    lo = *(const uint32_t *)&l;
+/* Loads the A fragments of a row-major m16 x k16 BF16 tile: lane L gives
+ * the address of 16 bytes (see the caller for which). */
+static __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const bf16 *p) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
 }
 
 template <int MT>
@@ -313,8 +340,8 @@ static __device__ __forceinline__ void attn_item_tc(float *smem, int item, const
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
     bf16 *tile = (bf16 *)smem;                                    /* (p.sub, ld): K, then V keys */
     bf16 *qs = tile + (size_t)p.sub * ld;                         /* (mv, qld): q */
-    float *sc = (float *)(qs + (size_t)mv * qld);                 /* (mv, MG_ATTN_CHUNK): scores, then a_t */
-    float *vsum = sc + (size_t)mv * MG_ATTN_CHUNK;                /* (mv) */
+    float *sc = (float *)(qs + (size_t)mv * qld);                 /* (mv, SC_LD): scores, then a_t as hi/lo */
+    float *vsum = sc + (size_t)mv * SC_LD;                        /* (mv) */
     float *vmax = vsum + mv;                                      /* (mv) */
     int *vlen = (int *)(vmax + mv);                               /* (mv) */
 
@@ -354,7 +381,7 @@ static __device__ __forceinline__ void attn_item_tc(float *smem, int item, const
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     const int v = m * 16 + g + (e >= 2 ? 8 : 0), j = n0 + 2 * t4 + (e & 1), tt = tb - t0 + j;
-                    if (v < nv && j < nt && tt < vlen[v]) sc[(size_t)v * MG_ATTN_CHUNK + tt] = acc[m][e] * p.scale;
+                    if (v < nv && j < nt && tt < vlen[v]) sc[(size_t)v * SC_LD + tt] = acc[m][e] * p.scale;
                 }
         }
         __syncthreads();
@@ -363,9 +390,18 @@ static __device__ __forceinline__ void attn_item_tc(float *smem, int item, const
 
     /* Softmax over the chunk; weights past a vector's keys (up to the
      * 16-key step) are zero. */
-    chunk_softmax(sc, vmax, vsum, vlen, nv, span16);
+    chunk_softmax(sc, vmax, vsum, vlen, nv, span16, true);
 
-    /* Output: warp w takes the dim tiles w, w + 8, ... */
+    /* Output: warp w takes the dim tiles w, w + 8, ... The A fragments
+     * (m16 x k16 of the weights, hi and lo) come by ldmatrix: lane L gives
+     * the address of row (L & 7) + 8 ((L >> 3) & 1), keys + 8 (L >> 4), of
+     * its m tile; rows past nv repeat row nv - 1 (their outputs are never
+     * stored, and an mma row depends on its A row alone). */
+    const bf16 *a_row[MT];
+#pragma unroll
+    for (int m = 0; m < MT; m++)
+        a_row[m] = (const bf16 *)(sc + (size_t)min(m * 16 + (lane & 7) + 8 * ((lane >> 3) & 1), nv - 1) * SC_LD);
+    const int a_kofs = 8 * (lane >> 4);
     float acc[MT][MAX_DT][4];
 #pragma unroll
     for (int m = 0; m < MT; m++)
@@ -383,15 +419,10 @@ static __device__ __forceinline__ void attn_item_tc(float *smem, int item, const
             const int tt = tb - t0 + k0; /* the step's first key in the chunk */
             uint32_t a_hi[MT][4], a_lo[MT][4];
 #pragma unroll
-            for (int m = 0; m < MT; m++)
-#pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    const int v = m * 16 + g + 8 * h;
-                    const float *row = sc + (size_t)v * MG_ATTN_CHUNK + tt + 2 * t4;
-                    /* keys 2t, 2t+1 (h) and 2t+8, 2t+9 (h + 2) */
-                    split_bf16x2(v < nv ? row[0] : 0.0f, v < nv ? row[1] : 0.0f, a_hi[m][h], a_lo[m][h]);
-                    split_bf16x2(v < nv ? row[8] : 0.0f, v < nv ? row[9] : 0.0f, a_hi[m][h + 2], a_lo[m][h + 2]);
-                }
+            for (int m = 0; m < MT; m++) {
+                ldmatrix_x4(a_hi[m], a_row[m] + tt + a_kofs);
+                ldmatrix_x4(a_lo[m], a_row[m] + SC_LO + tt + a_kofs);
+            }
 #pragma unroll
             for (int i = 0; i < MAX_DT; i++) {
                 const int d0 = (warp + i * ATTN_WARPS) * 8;
@@ -493,7 +524,7 @@ __global__ void attn_merge_kernel(T *out, const float2 *part_ms, const float *pa
 /* Shared memory of a block with K/V tiles of `sub` keys. */
 template <typename KV> static size_t smem_bytes(int max_vec, int hd, int sub) {
     return (size_t)sub * tile_ld<KV>(hd) * sizeof(KV) +
-           ((size_t)max_vec * hd + (size_t)max_vec * MG_ATTN_CHUNK + 3 * (size_t)max_vec) * sizeof(float);
+           ((size_t)max_vec * hd + (size_t)max_vec * SC_LD + 3 * (size_t)max_vec) * sizeof(float);
 }
 
 template <typename T, typename KV, int MAXV, bool TC>
