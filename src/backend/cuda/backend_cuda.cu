@@ -353,7 +353,7 @@ static void cuda_weights_release(const mg_model *model) {
 
 /* Fast-path chunk length of a row with `len` positions in a pass of
  * `n_rows` rows: the power of two (32..MG_ATTN_CHUNK) nearest above len /
- * target, target = the chunks per row that fill the GPU twice over
+ * target, target = the chunks per row that fill the GPU MG_CUDA_ATTN_FILL (2) times over
  * (flash-decoding style: the order depends on the batch size, as production
  * kernels do). It depends on the row's own length and the pass's row count
  * only, and rows_prepare never groups rows of different lengths, so a row
@@ -363,7 +363,8 @@ static void cuda_weights_release(const mg_model *model) {
  * (a request verified early as a filler has its windows elsewhere). */
 static int fast_chunk_len(int len, int n_rows) {
     /* Blocks = items x KV heads; assume 8 KV heads. */
-    const long target = (2L * mg_cuda.n_sm + 8L * n_rows - 1) / (8L * n_rows);
+    const long blocks = (long)mg_cuda.attn_fill * mg_cuda.n_sm;
+    const long target = (blocks + 8L * n_rows - 1) / (8L * n_rows);
     int cl = 32;
     while (cl < MG_ATTN_CHUNK && (long)cl * target < len) cl *= 2;
     return cl;
@@ -696,6 +697,9 @@ static mg_status cuda_init(int dev) {
     mg_cuda.graphs = env_int("MG_CUDA_GRAPHS", 1) != 0;
     mg_cuda.attn_tile_keys = env_int("MG_CUDA_ATTN_TILE", 0);
     mg_cuda.attn_tc = env_int("MG_CUDA_ATTN_TC", 1) != 0;
+    mg_cuda.attn_fill = env_int("MG_CUDA_ATTN_FILL", 2);
+    if (mg_cuda.attn_fill < 1 || mg_cuda.attn_fill > 64)
+        return mg_error_set(MG_ERR_ARG, "MG_CUDA_ATTN_FILL=%d: use 1..64", mg_cuda.attn_fill);
     const char *fg = getenv("MG_CUDA_FAST_GEMM");
     mg_cuda.fast_gemm_tc = fg && !strcmp(fg, "tc");
     /* H100, 8B shapes, 2026-11-23: the GEMV kernel beat cuBLASLt at batch 1

@@ -62,6 +62,8 @@ typedef struct {
     int skinny_v2;        /* MG_CUDA_SKINNY_V2 (default 1): skinny kernel issues a split's weight loads up front */
     int graphs;           /* MG_CUDA_GRAPHS (default 1): decode passes replay CUDA graphs */
     int attn_tc;          /* MG_CUDA_ATTN_TC (default 1): BF16 attention on tensor cores (head_dim % 32 == 0) */
+    int attn_fill;        /* MG_CUDA_ATTN_FILL (default 2): the fast path cuts a row's keys into chunks (32..256)
+                             until its items would fill the SMs this many times over (blocks of 8 KV heads) */
     int attn_tile_keys;   /* MG_CUDA_ATTN_TILE: keys per K/V tile in the attention's shared memory (a multiple of
                              32 up to MG_ATTN_CHUNK; 0: the whole chunk); stages loads only, changes no bit */
     unsigned buffers_gen; /* bumped whenever a scratch buffer moves or any buffer is freed (graphs
