@@ -78,14 +78,28 @@ static __device__ __forceinline__ void tile_load_async(KV *tile, const KV *cache
     const KV *head = cache + (size_t)kvh * hd;
     if (blockDim.x % per_key == 0) {
         /* A thread keeps its 16 bytes of the row and steps over keys: one
-         * block-table lookup per key (shifts for a power-of-two block size). */
+         * block-table lookup per key (shifts for a power-of-two block size),
+         * LOOKAHEAD of them read before their copies start, so that the
+         * lookups' latencies overlap instead of preceding one copy each. */
+        constexpr int LOOKAHEAD = 8;
         const int d = (threadIdx.x % per_key) * E, keys_per_step = blockDim.x / per_key;
-        for (int j = threadIdx.x / per_key; j < nt; j += keys_per_step) {
-            const int key = tb + j;
-            const int blk = p.bs_shift >= 0 ? key >> p.bs_shift : key / p.block_size;
-            const int off = p.bs_shift >= 0 ? key & (p.block_size - 1) : key % p.block_size;
-            const size_t row = ((size_t)p.layer * p.n_blocks + btr[blk]) * p.block_size + off;
-            cp_async16(tile + j * ld + d, head + row * kvd + d);
+        const size_t layer_row = (size_t)p.layer * p.n_blocks;
+        for (int j0 = threadIdx.x / per_key; j0 < nt; j0 += LOOKAHEAD * keys_per_step) {
+            int32_t block[LOOKAHEAD];
+#pragma unroll
+            for (int u = 0; u < LOOKAHEAD; u++) {
+                const int key = tb + j0 + u * keys_per_step;
+                block[u] = j0 + u * keys_per_step < nt ? btr[p.bs_shift >= 0 ? key >> p.bs_shift : key / p.block_size]
+                                                       : 0;
+            }
+#pragma unroll
+            for (int u = 0; u < LOOKAHEAD; u++) {
+                const int j = j0 + u * keys_per_step, key = tb + j;
+                if (j >= nt) break;
+                const int off = p.bs_shift >= 0 ? key & (p.block_size - 1) : key % p.block_size;
+                const size_t row = (layer_row + block[u]) * p.block_size + off;
+                cp_async16(tile + j * ld + d, head + row * kvd + d);
+            }
         }
     } else {
         for (int idx = threadIdx.x; idx < nt * per_key; idx += blockDim.x) {
