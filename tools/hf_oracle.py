@@ -77,6 +77,8 @@ def main():
     ap.add_argument("--json", help="write the figures here")
     ap.add_argument("--bench", action="store_true",
                     help="then time HF's own BF16 decode (eager, KV cache) at batch 1 and 8, context 512")
+    ap.add_argument("--bench-compile", action="store_true",
+                    help="with --bench: also with a static KV cache and torch.compile (reduce-overhead)")
     args = ap.parse_args()
 
     golden = os.path.join(args.model, "golden.json")
@@ -134,34 +136,51 @@ def main():
           f"{res['bf16']['err_median']:.1e} max {res['bf16']['err_max']:.1e}")
     if args.bench:
         res["hf_tpot_ms"] = hf_decode_bench(model, torch)
+        if args.bench_compile:
+            res["hf_compiled_tpot_ms"] = hf_decode_bench(model, torch, compiled=True)
     if args.json:
         json.dump(res, open(args.json, "w"), indent=1)
     sys.exit(0 if ok else 1)
 
 
-def hf_decode_bench(model, torch):
-    """HF transformers' BF16 decode time per step (eager attention, dynamic
-    KV cache, greedy) after a 512-token prompt: the difference between
-    generating 40 and 8 tokens, over 32 steps, so the prefill cancels."""
+def hf_decode_bench(model, torch, compiled=False):
+    """HF transformers' BF16 decode time per step (greedy) after a 512-token
+    prompt: the difference between generating 40 and 8 tokens, over 32
+    steps, so the prefill cancels. Eager attention with the dynamic KV
+    cache; compiled: a static KV cache and the forward under torch.compile
+    (mode reduce-overhead: CUDA graphs), each length run once first so that
+    compilation is not timed. A failure is reported, not raised."""
     import time
     model.to(torch.bfloat16)
     vocab = model.config.vocab_size
+    name = "static cache + torch.compile" if compiled else "eager"
+    kw = {"cache_implementation": "static"} if compiled else {}
+    forward = model.forward
+    if compiled:
+        model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
     out = {}
-    for batch in (1, 8):
-        g = torch.Generator().manual_seed(batch)
-        ids = torch.randint(3, vocab, (batch, 512), generator=g).to("cuda")
-        def gen(n):
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                               do_sample=False, pad_token_id=0)
-            torch.cuda.synchronize()
-            return time.perf_counter() - t0
-        gen(4)  # warm-up
-        t = (gen(40) - gen(8)) / 32
-        out[batch] = t * 1e3
-        print(f"hf-bench eager bf16 batch {batch} ctx 512: TPOT {t * 1e3:.2f} ms ({batch / t:.0f} tok/s)", flush=True)
+    try:
+        for batch in (1, 8):
+            g = torch.Generator().manual_seed(batch)
+            ids = torch.randint(3, vocab, (batch, 512), generator=g).to("cuda")
+            def gen(n):
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                                   do_sample=False, pad_token_id=0, **kw)
+                torch.cuda.synchronize()
+                return time.perf_counter() - t0
+            for n in ((8, 40) if compiled else (4,)):  # warm-up (and compilation)
+                gen(n)
+            t = (gen(40) - gen(8)) / 32
+            out[batch] = t * 1e3
+            print(f"hf-bench {name} bf16 batch {batch} ctx 512: TPOT {t * 1e3:.2f} ms ({batch / t:.0f} tok/s)",
+                  flush=True)
+    except Exception as e:  # torch.compile may not work on this machine's stack
+        print(f"hf-bench {name}: failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
+    finally:
+        model.forward = forward
     return out
 
 
