@@ -43,8 +43,9 @@ CU_SRC   := $(sort $(wildcard src/backend/cuda/*.cu))
 LIB_OBJ  += $(CU_SRC:%.cu=$(BUILD)/%.o)
 CFLAGS   += -DMG_HAVE_CUDA
 LDLIBS   += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart_static -ldl -lrt -lpthread -lstdc++
-# The pinned-cuBLASLt probe (a standalone tool, bench/results/lt-pin-*.md).
-TOOL_BIN += $(BUILD)/lt_pin_probe
+# The pinned-cuBLASLt probe (a standalone tool, bench/results/lt-pin-*.md) and
+# the probe of a tensor-core GEMV against the pinned kernels' bits.
+TOOL_BIN += $(BUILD)/lt_pin_probe $(BUILD)/mma_gemv_probe
 endif
 
 .PHONY: all test asan clean deps FORCE
@@ -73,6 +74,10 @@ $(BUILD)/%.o: %.cu
 	$(NVCC) $(NVCCFLAGS) -MMD -MP -c -o $@ $<
 
 $(BUILD)/lt_pin_probe: tools/lt_pin_probe.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -o $@ $< -lcublasLt
+
+$(BUILD)/mma_gemv_probe: tools/mma_gemv_probe.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -o $@ $< -lcublasLt
 

@@ -23,11 +23,12 @@ mkdir -p "$CARRY"
 # x86-64-v3 (AVX2 + FMA) instead of -march=native: the GPU machine's CPU may
 # lack what this one has (same results: the C code orders its arithmetic).
 make -j"$(nproc)" CUDA=1 BUILD=$BUILD OPT="-O2 -march=x86-64-v3" $BUILD/margingate $BUILD/cuda_bench $BUILD/tests/test_cuda_ops \
-    $BUILD/tests/test_cuda_model $BUILD/tests/test_cuda_modes $BUILD/tests/test_cuda_tp
+    $BUILD/tests/test_cuda_model $BUILD/tests/test_cuda_modes $BUILD/tests/test_cuda_tp $BUILD/mma_gemv_probe
 STAGE=$(mktemp -d)
 trap 'rm -rf "$STAGE"' EXIT
 mkdir -p "$STAGE/tests" "$STAGE/lib"
-for b in margingate cuda_bench tests/test_cuda_ops tests/test_cuda_model tests/test_cuda_modes tests/test_cuda_tp; do
+for b in margingate cuda_bench tests/test_cuda_ops tests/test_cuda_model tests/test_cuda_modes tests/test_cuda_tp \
+    mma_gemv_probe; do
     strip -o "$STAGE/$b" "$BUILD/$b"
 done
 # Shared libraries outside glibc, the compiler runtime, CUDA and OpenSSL.
