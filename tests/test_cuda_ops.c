@@ -16,6 +16,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "../src/backend/backend.h"
 #include "../src/engine/forward.h"
@@ -1140,6 +1142,83 @@ Test(cuda_ops, tiny_model_forward_vs_cpu) {
     char fast[8192];
     mg_cuda_fast_gemm_describe(fast, sizeof fast);
     cr_expect(strstr(fast, "384 x 256:") && strstr(fast, "384 x 256 f32:"), "q/k/v not tuned for FAST: %s", fast);
+}
+
+/* In a child process (CUDA not touched by the parent): the tiny model's
+ * FAST logits (prefill of prompt[0..24) with logits at every row, then 6
+ * decode steps) with MG_CUDA_FAST_TUNE=tune, written to path; exit status
+ * 0, 3 when the GPU is not usable, 2 on any other failure. No Criterion
+ * assertion runs here (the child exits through _exit). */
+static void fast_logits_child(const mg_model *m, const int32_t *prompt, const char *tune, const char *path) {
+    setenv("MG_CUDA_FAST_TUNE", tune, 1);
+    const mg_backend_ops *g = mg_backend_cuda();
+    if (!g) _exit(3);
+    const mg_config *c = &m->config;
+    const int n = 24, steps = 6, V = c->vocab_size;
+    mg_forward *fw;
+    mg_kv_pool pool;
+    mg_kv_seq seq = {0};
+    if (mg_forward_init(&fw, m, g, 64) != MG_OK ||
+        mg_kv_pool_init_on(&pool, g, MG_DTYPE_BF16, c->n_layers, c->n_kv_heads, c->head_dim, 16, 8) != MG_OK ||
+        mg_kv_seq_reserve(&pool, &seq, n + steps) != MG_OK)
+        _exit(2);
+    float *out = malloc((size_t)(n + steps) * V * sizeof(float)); /* (n + steps, V) */
+    int32_t pos[64];
+    mg_kv_seq *seqs[64];
+    uint8_t want[64];
+    for (int i = 0; i < n; i++) pos[i] = i, seqs[i] = &seq, want[i] = 1;
+    mg_batch bt = {.n_rows = n, .tokens = prompt, .positions = pos, .seqs = seqs, .want_logits = want};
+    if (!out || mg_forward_run(fw, &pool, &bt, MG_KERNELS_FAST, MG_ACT_BF16, out) != MG_OK) _exit(2);
+    for (int s = 0; s < steps; s++) {
+        int32_t tok = prompt[n + s], p = n + s;
+        mg_batch d = {.n_rows = 1, .tokens = &tok, .positions = &p, .seqs = seqs, .want_logits = NULL};
+        if (mg_forward_run(fw, &pool, &d, MG_KERNELS_FAST, MG_ACT_BF16, out + (size_t)(n + s) * V) != MG_OK)
+            _exit(2);
+    }
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(out, sizeof(float), (size_t)(n + steps) * V, f) != (size_t)(n + steps) * V || fclose(f))
+        _exit(2);
+    _exit(0);
+}
+
+/* FAST results do not depend on the timed choice of cuBLASLt algorithms:
+ * MG_CUDA_FAST_TUNE=1 keeps only algorithms that give the bits of the
+ * heuristic's pick for the bucket's batch size, so the tiny model's logits
+ * (prefill of 24 rows, a bucket: the tuned GEMMs; decode: the GEMV kernel)
+ * are the same bits with the timing on and off, which also makes FAST
+ * repeat across processes. The setting is read once per process: two
+ * child processes. */
+Test(cuda_ops, fast_tuning_keeps_the_heuristics_bits) {
+    tiny_model t = make_tiny("qwen2");
+    int32_t prompt[30];
+    for (int i = 0; i < 30; i++) prompt[i] = (i * 53 + 7) % 512;
+    char path[2][sizeof t.dir + 16];
+    const char *tune[2] = {"0", "1"};
+    for (int k = 0; k < 2; k++) {
+        snprintf(path[k], sizeof path[k], "%s/logits%d", t.dir, k);
+        fflush(NULL);
+        const pid_t pid = fork();
+        cr_assert_neq(pid, -1);
+        if (pid == 0) fast_logits_child(t.model, prompt, tune[k], path[k]);
+        int status = 0;
+        cr_assert_eq(waitpid(pid, &status, 0), pid);
+        if (WIFEXITED(status) && WEXITSTATUS(status) == 3) {
+            free_tiny(&t);
+            cr_skip_test("CUDA backend not usable here");
+        }
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child with MG_CUDA_FAST_TUNE=%s failed (%d)",
+                  tune[k], status);
+    }
+    const size_t n = (size_t)30 * t.model->config.vocab_size;
+    float *a = malloc(n * sizeof(float)), *b = malloc(n * sizeof(float));
+    FILE *fa = fopen(path[0], "rb"), *fb = fopen(path[1], "rb");
+    cr_assert(fa && fb && fread(a, sizeof(float), n, fa) == n && fread(b, sizeof(float), n, fb) == n);
+    fclose(fa);
+    fclose(fb);
+    expect_bitwise("FAST logits, timing off vs on", a, b, n);
+    free(a);
+    free(b);
+    free_tiny(&t);
 }
 
 /* Whole forward pass, INVARIANT: a decode row computed alone gives the same

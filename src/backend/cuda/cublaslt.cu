@@ -1,14 +1,13 @@
 /* cuBLASLt GEMMs, BF16 x BF16 with FP32 accumulation, BF16 or FP32 output,
  * in two flavours:
  * - heuristic (FAST): per (N, K, output type) and batch-size bucket, the
- *   fastest of the heuristic's top results by timing (fast_tune, when the
- *   model's weights are uploaded: mg_cuda_lt_fast_prepare; MG_CUDA_FAST_TUNE=0
- *   or an unprepared shape or M > 256: the heuristic's first pick), cached
- *   per (M, N, K, output type): a shape always runs the same kernel in a
- *   process, but different M may run different kernels with different
- *   reduction orders, split-K among them (the source of the GPU's
- *   batch-induced flips), and another process may time another kernel
- *   faster;
+ *   fastest by timing of the heuristic's top results that give its first
+ *   pick's bits, for the bucket's M (fast_tune, when the model's weights are uploaded:
+ *   mg_cuda_lt_fast_prepare; MG_CUDA_FAST_TUNE=0 or an unprepared shape or
+ *   M > 256: the heuristic's first pick), cached per (M, N, K, output
+ *   type): a shape always runs the same arithmetic, in every process, but
+ *   different M may run kernels with different reduction orders, split-K
+ *   among them (the source of the GPU's batch-induced flips);
  * - pinned (INVARIANT): one algorithm per (N, K, output type) for every M,
  *   without split-K. A kernel without split-K computes each output element
  *   as one sequence of tensor-core steps over K in order, the same code for
@@ -367,21 +366,92 @@ static mg_status pin_get(int N, int K, int out_f32, const void *w, lt_pin **out)
 
 /* ---- tuned heuristic algorithms (FAST) ------------------------------------------ */
 
-/* For each bucket M: the heuristic's first FAST_CANDS results, each timed
- * as pin_tune times (back to back over the weight copies); the fastest is
- * kept. */
+/* x (n BF16) = values in [-1, 1) from a hash of the index: an input on
+ * which two kernels of different arithmetic give different bits. */
+__global__ void fill_probe_input(bf16 *x, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        unsigned h = (unsigned)i * 2654435761u;
+        h ^= h >> 13;
+        h *= 0x5bd1e995u;
+        h ^= h >> 15;
+        x[i] = __float2bfloat16_rn((float)(h & 0xffff) / 32768.0f - 1.0f);
+    }
+}
+
+/* *diff += the 16-bit words (n of them) where a and b differ. */
+__global__ void count_diff_words(const uint16_t *a, const uint16_t *b, size_t n, unsigned *diff) {
+    unsigned local = 0;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        local += a[i] != b[i];
+    if (local) atomicAdd(diff, local);
+}
+
+/* Whether algo gives ref's bits for plan p on (w, x): out is scratch of
+ * the plan's output size; diff one device word. */
+static mg_status same_bits(const lt_plan *p, const cublasLtMatmulAlgo_t *algo, const void *w, const void *x,
+                           void *out, const void *ref, unsigned *diff, int *same) {
+    const float alpha = 1.0f, beta = 0.0f;
+    const size_t words = (size_t)p->M * p->N * (p->out_f32 ? 2 : 1);
+    LT_TRY(cublasLtMatmul(LT.lt, p->desc, &alpha, w, p->a, x, p->b, &beta, out, p->d, out, p->d, algo, LT.workspace,
+                          LT_WORKSPACE, mg_cuda.stream));
+    MG_CUDA_TRY(cudaMemsetAsync(diff, 0, sizeof *diff, mg_cuda.stream));
+    count_diff_words<<<mg_div_up(words, 256) < 1024 ? mg_div_up(words, 256) : 1024, 256, 0, mg_cuda.stream>>>(
+        (const uint16_t *)out, (const uint16_t *)ref, words, diff);
+    MG_CUDA_LAUNCHED("count_diff_words");
+    unsigned host = 1;
+    MG_CUDA_TRY(cudaMemcpyAsync(&host, diff, sizeof host, cudaMemcpyDeviceToHost, mg_cuda.stream));
+    MG_CUDA_TRY(cudaStreamSynchronize(mg_cuda.stream));
+    *same = host == 0;
+    return MG_OK;
+}
+
+/* For each bucket M: the heuristic's first FAST_CANDS results (for M) that
+ * give the bits of its first pick (on the real weights and a hashed input:
+ * kernels of another reduction order, split-K among them, differ there),
+ * each timed as pin_tune times (back to back over the weight copies); the
+ * fastest is kept. So the timing changes the speed, never the results: a
+ * FAST GEMM of M rows computes what the heuristic's pick for M's bucket
+ * computes, in every process (the GPU generate check expects runs to
+ * repeat bit for bit).
+ * MG_CUDA_FAST_TUNE=2 times every candidate, whatever its bits (faster
+ * where a split-K pick has a faster split-free rival; then another process
+ * may pick another kernel, and FAST may differ between runs). */
 static mg_status fast_tune(lt_fast *f, const tune_bufs *b) {
+    const int max_m = fast_bucket_m[FAST_BUCKETS - 1];
+    const size_t out_bytes = (size_t)max_m * f->N * (f->out_f32 ? 4 : 2);
+    void *x_probe = NULL, *ref = NULL;
+    unsigned *diff = NULL;
     cudaEvent_t e0 = NULL, e1 = NULL;
-    MG_CUDA_TRY(cudaEventCreate(&e0));
-    mg_status st = cudaEventCreate(&e1) == cudaSuccess ? MG_OK : mg_error_set(MG_ERR_BACKEND, "cudaEventCreate failed");
+    mg_status st = MG_OK;
+    if (cudaMalloc(&x_probe, (size_t)max_m * f->K * 2) != cudaSuccess || cudaMalloc(&ref, out_bytes) != cudaSuccess ||
+        cudaMalloc((void **)&diff, sizeof *diff) != cudaSuccess || cudaEventCreate(&e0) != cudaSuccess ||
+        cudaEventCreate(&e1) != cudaSuccess) {
+        (void)cudaGetLastError();
+        st = mg_error_set(MG_ERR_OOM, "GEMM %d x %d: no device memory to tune it", f->N, f->K);
+    }
+    if (st == MG_OK) {
+        const size_t n = (size_t)max_m * f->K;
+        fill_probe_input<<<mg_div_up(n, 256) < 1024 ? mg_div_up(n, 256) : 1024, 256, 0, mg_cuda.stream>>>(
+            (bf16 *)x_probe, n);
+        if (cudaGetLastError() != cudaSuccess) st = mg_error_set(MG_ERR_BACKEND, "fill_probe_input failed");
+    }
+    const float alpha = 1.0f, beta = 0.0f;
     for (int bi = 0; bi < FAST_BUCKETS && st == MG_OK; bi++) {
         lt_plan p;
         cublasLtMatmulHeuristicResult_t res[FAST_CANDS];
         int found = 0;
         st = plan_descs(&p, fast_bucket_m[bi], f->N, f->K, f->out_f32, 0);
         if (st == MG_OK) st = heuristic(&p, FAST_CANDS, res, &found);
+        if (st == MG_OK && found > 0 &&
+            cublasLtMatmul(LT.lt, p.desc, &alpha, b->wts.copies[0], p.a, x_probe, p.b, &beta, ref, p.d, ref, p.d,
+                           &res[0].algo, LT.workspace, LT_WORKSPACE, mg_cuda.stream) != CUBLAS_STATUS_SUCCESS)
+            st = mg_error_set(MG_ERR_BACKEND, "GEMM %d x %d: the heuristic's pick does not run", f->N, f->K);
         float first = 0.0f, best = 1e30f;
         for (int c = 0; c < found && st == MG_OK; c++) {
+            int same = 1;
+            if (c > 0 && mg_cuda.fast_tune != 2)
+                st = same_bits(&p, &res[c].algo, b->wts.copies[0], x_probe, b->out, ref, diff, &same);
+            if (st != MG_OK || !same) continue;
             float t = 0.0f;
             st = time_algo(&p, &res[c].algo, &b->wts, b->x, b->out, e0, e1, &t);
             if (c == 0) first = t;
@@ -391,8 +461,11 @@ static mg_status fast_tune(lt_fast *f, const tune_bufs *b) {
         f->tuned[bi] = st == MG_OK && found > 0;
         f->gain[bi] = f->tuned[bi] ? first / best : 1.0f;
     }
-    cudaEventDestroy(e0);
+    if (e0) cudaEventDestroy(e0);
     if (e1) cudaEventDestroy(e1);
+    cudaFree(x_probe);
+    cudaFree(ref);
+    cudaFree(diff);
     return st;
 }
 
@@ -416,6 +489,10 @@ mg_status mg_cuda_lt_fast_prepare(int N, int K, int out_f32, const void *w) {
     mg_status st = tune_bufs_alloc(&b, N, K, out_f32, w, fast_bucket_m[FAST_BUCKETS - 1]);
     if (st == MG_OK) st = fast_tune(f, &b);
     tune_bufs_free(&b, &st);
+    if (st == MG_ERR_OOM) { /* no room to tune (a tight GPU): the heuristic's picks, as untuned */
+        mg_error_clear();
+        return MG_OK;
+    }
     MG_TRY(st);
     LT.n_fasts++;
     return MG_OK;

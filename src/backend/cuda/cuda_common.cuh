@@ -54,7 +54,8 @@ typedef struct {
     /* Tunables, from the environment at init (docs/cuda.md). */
     int skinny_max_rows;  /* MG_CUDA_SKINNY_MAX: tensor-core skinny kernel up to this many rows (32) */
     int fast_gemm_tc;     /* MG_CUDA_FAST_GEMM=tc: the fast path uses the invariant kernels too */
-    int fast_tune;        /* MG_CUDA_FAST_TUNE (default 1): the fast path's cuBLASLt algorithms chosen by timing */
+    int fast_tune;        /* MG_CUDA_FAST_TUNE: the fast path's cuBLASLt algorithms chosen by timing among those
+                             giving the heuristic's bits (1, default), among all (2), or not (0) */
     int gemv_max_rows;    /* MG_CUDA_GEMV_MAX: the fast path's BF16 matmuls of up to this many rows run gemv.cu's
                              kernel instead of cuBLASLt (default 2; 0: never; at most 8) */
     int invariant_gemm_tc; /* MG_CUDA_INVARIANT_GEMM=tc: the invariant path's BF16 GEMMs use the own tensor-core
@@ -231,8 +232,9 @@ int mg_cuda_lt_pins_describe(char *buf, size_t size);
 mg_status mg_cuda_matmul_prepare(const mg_matmul_part *parts, int n_parts, int out_f32);
 /* Times the FAST path's candidate algorithms for (N, K, out_f32) on
  * weights w at a ladder of batch sizes up to 256 and keeps the fastest per
- * size (cublaslt.cu); a no-op when done before, inside a capture, or under
- * MG_CUDA_FAST_TUNE=0. Synchronises the stream. */
+ * size among those with the heuristic's bits (cublaslt.cu); a no-op when
+ * done before, inside a capture, under MG_CUDA_FAST_TUNE=0, or when the
+ * device has no memory to spare for it. Synchronises the stream. */
 mg_status mg_cuda_lt_fast_prepare(int N, int K, int out_f32, const void *w);
 /* "N x K: M gain M gain ...; ..." (gain: the heuristic's first pick's time
  * over the chosen algorithm's) for the shapes tuned so far on the current
