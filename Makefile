@@ -73,11 +73,11 @@ $(BUILD)/%.o: %.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -MMD -MP -c -o $@ $<
 
-$(BUILD)/lt_pin_probe: tools/lt_pin_probe.cu
+$(BUILD)/lt_pin_probe: tools/lt_pin_probe.cu tools/lt_probe_util.cuh
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -o $@ $< -lcublasLt
 
-$(BUILD)/mma_gemv_probe: tools/mma_gemv_probe.cu
+$(BUILD)/mma_gemv_probe: tools/mma_gemv_probe.cu tools/lt_probe_util.cuh
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -o $@ $< -lcublasLt
 

@@ -18,41 +18,11 @@
 #include <algorithm>
 #include <vector>
 
-#define CK(x)                                                                                                \
-    do {                                                                                                     \
-        cudaError_t e_ = (x);                                                                                \
-        if (e_ != cudaSuccess) {                                                                             \
-            fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e_));                        \
-            exit(1);                                                                                         \
-        }                                                                                                    \
-    } while (0)
+#include "lt_probe_util.cuh"
 
 static cublasLtHandle_t lt;
 static void *ws;
 static const size_t WS = 32u << 20;
-
-struct desc {
-    cublasLtMatmulDesc_t d;
-    cublasLtMatrixLayout_t a, b, c;
-};
-
-static desc make_desc(int M, int N, int K) {
-    desc r;
-    cublasLtMatmulDescCreate(&r.d, CUBLAS_COMPUTE_32F, CUDA_R_32F);
-    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-    cublasLtMatmulDescSetAttribute(r.d, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
-    cublasLtMatmulDescSetAttribute(r.d, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
-    cublasLtMatrixLayoutCreate(&r.a, CUDA_R_16BF, K, N, K);
-    cublasLtMatrixLayoutCreate(&r.b, CUDA_R_16BF, K, M, K);
-    cublasLtMatrixLayoutCreate(&r.c, CUDA_R_16BF, N, M, N);
-    return r;
-}
-static void free_desc(desc &r) {
-    cublasLtMatmulDescDestroy(r.d);
-    cublasLtMatrixLayoutDestroy(r.a);
-    cublasLtMatrixLayoutDestroy(r.b);
-    cublasLtMatrixLayoutDestroy(r.c);
-}
 
 static int heuristic(int M, int N, int K, int n, cublasLtMatmulHeuristicResult_t *res) {
     desc d = make_desc(M, N, K);
@@ -102,16 +72,6 @@ static void describe(const cublasLtMatmulAlgo_t *a, char *buf, size_t n) {
              cfg<uint32_t>(a, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING), cfg<uint32_t>(a, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION),
              (unsigned)cfg<uint16_t>(a, CUBLASLT_ALGO_CONFIG_INNER_SHAPE_ID),
              (unsigned)cfg<uint16_t>(a, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID));
-}
-
-__global__ void fill(__nv_bfloat16 *p, size_t n, unsigned seed, float scale) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        unsigned h = (unsigned)i * 2654435761u ^ seed;
-        h ^= h >> 13;
-        h *= 0x5bd1e995u;
-        h ^= h >> 15;
-        p[i] = __float2bfloat16(((h & 0xffff) / 32768.0f - 1.0f) * scale);
-    }
 }
 
 /* Time per call (us), weights rotated over n_copies copies of N x K. */

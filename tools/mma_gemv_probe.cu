@@ -31,28 +31,11 @@
 
 #include <vector>
 
-#define CK(x)                                                                                                \
-    do {                                                                                                     \
-        cudaError_t e_ = (x);                                                                                \
-        if (e_ != cudaSuccess) {                                                                             \
-            fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e_));                        \
-            exit(1);                                                                                         \
-        }                                                                                                    \
-    } while (0)
+#include "lt_probe_util.cuh"
 
 typedef __nv_bfloat16 bf16;
 static const int M = 8;
 static const size_t WS = 32u << 20;
-
-__global__ void fill(bf16 *p, size_t n, unsigned seed, float scale) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        unsigned h = (unsigned)i * 2654435761u ^ seed;
-        h ^= h >> 13;
-        h *= 0x5bd1e995u;
-        h ^= h >> 15;
-        p[i] = __float2bfloat16(((h & 0xffff) / 32768.0f - 1.0f) * scale);
-    }
-}
 
 static __device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                                 uint32_t b0, uint32_t b1) {
@@ -101,31 +84,6 @@ __global__ void gemv_xa(float *out, const bf16 *w, const bf16 *x, int N, int K) 
     out[(size_t)g * N + n0 + 2 * t4 + 1] = acc[1];
 }
 
-struct desc {
-    cublasLtMatmulDesc_t d;
-    cublasLtMatrixLayout_t a, b, c;
-};
-
-/* out (m, N) FP32 = x (m, K) w (N, K)^T, in cuBLAS's column-major terms. */
-static desc make_desc(int m, int N, int K) {
-    desc r;
-    cublasLtMatmulDescCreate(&r.d, CUBLAS_COMPUTE_32F, CUDA_R_32F);
-    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-    cublasLtMatmulDescSetAttribute(r.d, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
-    cublasLtMatmulDescSetAttribute(r.d, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
-    cublasLtMatrixLayoutCreate(&r.a, CUDA_R_16BF, K, N, K);
-    cublasLtMatrixLayoutCreate(&r.b, CUDA_R_16BF, K, m, K);
-    cublasLtMatrixLayoutCreate(&r.c, CUDA_R_32F, N, m, N);
-    return r;
-}
-
-static void free_desc(desc &r) {
-    cublasLtMatmulDescDestroy(r.d);
-    cublasLtMatrixLayoutDestroy(r.a);
-    cublasLtMatrixLayoutDestroy(r.b);
-    cublasLtMatrixLayoutDestroy(r.c);
-}
-
 static int splitk(const cublasLtMatmulAlgo_t *a) {
     int32_t v = 1;
     size_t wr = 0;
@@ -163,7 +121,7 @@ int main(void) {
         /* cuBLASLt's split-K-free candidates (heuristic at M = 1 and 64), each run at M = 8. */
         std::vector<cublasLtMatmulAlgo_t> algos;
         for (int hm : {1, 64}) {
-            desc d = make_desc(hm, N, K);
+            desc d = make_desc(hm, N, K, CUDA_R_32F);
             cublasLtMatmulPreference_t pref;
             cublasLtMatmulPreferenceCreate(&pref);
             cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &WS, sizeof WS);
@@ -179,7 +137,7 @@ int main(void) {
             }
         }
         std::vector<std::vector<float>> lt_out;
-        desc d = make_desc(M, N, K);
+        desc d = make_desc(M, N, K, CUDA_R_32F);
         for (auto &a : algos) {
             cublasLtMatmulHeuristicResult_t r;
             if (cublasLtMatmulAlgoCheck(lt, d.d, d.a, d.b, d.c, d.c, &a, &r) != CUBLAS_STATUS_SUCCESS) continue;
