@@ -135,15 +135,15 @@ def main():
           f"{res['fp32']['err_median']:.1e}; ours bf16 top-1 {res['bf16']['top1']:.3f} err median "
           f"{res['bf16']['err_median']:.1e} max {res['bf16']['err_max']:.1e}")
     if args.bench:
-        res["hf_tpot_ms"] = hf_decode_bench(model, torch)
+        res["hf_tpot_ms"] = hf_decode_bench(model, torch, device=args.device)
         if args.bench_compile:
-            res["hf_compiled_tpot_ms"] = hf_decode_bench(model, torch, compiled=True)
+            res["hf_compiled_tpot_ms"] = hf_decode_bench(model, torch, compiled=True, device=args.device)
     if args.json:
         json.dump(res, open(args.json, "w"), indent=1)
     sys.exit(0 if ok else 1)
 
 
-def hf_decode_bench(model, torch, compiled=False):
+def hf_decode_bench(model, torch, compiled=False, device="cuda"):
     """HF transformers' BF16 decode time per step (greedy) after a 512-token
     prompt: the difference between generating 40 and 8 tokens, over 32
     steps, so the prefill cancels. Eager attention with the dynamic KV
@@ -162,14 +162,17 @@ def hf_decode_bench(model, torch, compiled=False):
     try:
         for batch in (1, 8):
             g = torch.Generator().manual_seed(batch)
-            ids = torch.randint(3, vocab, (batch, 512), generator=g).to("cuda")
+            ids = torch.randint(3, vocab, (batch, 512), generator=g).to(device)
+            def sync():
+                if device == "cuda":
+                    torch.cuda.synchronize()
             def gen(n):
-                torch.cuda.synchronize()
+                sync()
                 t0 = time.perf_counter()
                 with torch.no_grad():
                     model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
                                    do_sample=False, pad_token_id=0, **kw)
-                torch.cuda.synchronize()
+                sync()
                 return time.perf_counter() - t0
             for n in ((8, 40) if compiled else (4,)):  # warm-up (and compilation)
                 gen(n)
