@@ -204,19 +204,39 @@ static __device__ __forceinline__ void store_ms(float2 *part_ms, const float *vm
         if (vlen[v] > 0) part_ms[partial_index(p, part_base, r0, v, chunk, kvh)] = make_float2(vmax[v], vsum[v]);
 }
 
+/* An item's keys: rows [r0, r1) of one sequence, its chunk [t0, tend) of
+ * cl keys (tend: the longest row's end), and the sequence's block table. */
+typedef struct {
+    int r0, r1, cl, chunk, t0, tend;
+    const int32_t *btr;
+} item_desc;
+
+static __device__ __forceinline__ item_desc describe_item(int item, const int32_t *items, const int32_t *groups,
+                                                          const int32_t *positions, const int32_t *bt_off,
+                                                          const int32_t *bt) {
+    item_desc d;
+    const int gi = items[2 * item];
+    d.chunk = items[2 * item + 1];
+    d.r0 = groups[3 * gi], d.r1 = groups[3 * gi + 1], d.cl = groups[3 * gi + 2];
+    d.t0 = d.chunk * d.cl;
+    int maxlen = 0;
+    for (int r = d.r0; r < d.r1; r++) maxlen = max(maxlen, positions[r] + 1);
+    d.tend = min(d.t0 + d.cl, maxlen);
+    d.btr = bt + bt_off[d.r0];
+    return d;
+}
+
 /* One (query group, chunk) item for KV head blockIdx.y; MAXV >= p.max_vec
  * bounds the vectors (rows x query heads of the group) a block holds. */
 template <typename T, typename KV, int MAXV>
-static __device__ __forceinline__ void attn_item(float *smem, int item, const T *q, const KV *kc, const KV *vc,
-                                                 const attn_params &p, const int32_t *positions,
-                                                 const int32_t *bt_off, const int32_t *bt, const int32_t *groups,
-                                                 const int32_t *items, const int32_t *part_base, float2 *part_ms,
-                                                 float *part_out) {
+static __device__ __forceinline__ void attn_item(float *smem, const item_desc &d, const T *q, const KV *kc,
+                                                 const KV *vc, const attn_params &p, const int32_t *positions,
+                                                 const int32_t *part_base, float2 *part_ms, float *part_out) {
     constexpr int E = 16 / sizeof(KV);
     const int hd = p.hd, ld = tile_ld<KV>(hd), mv = p.max_vec;
-    const int kvh = blockIdx.y, gi = items[2 * item], chunk = items[2 * item + 1];
-    const int r0 = groups[3 * gi], r1 = groups[3 * gi + 1], cl = groups[3 * gi + 2];
-    const int nv = (r1 - r0) * p.group;
+    const int kvh = blockIdx.y, chunk = d.chunk, r0 = d.r0, cl = d.cl, t0 = d.t0, tend = d.tend;
+    const int nv = (d.r1 - r0) * p.group;
+    const int32_t *btr = d.btr;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     KV *tile = (KV *)smem;                            /* (p.sub, ld): K, then V keys */
     float *qs = (float *)(tile + (size_t)p.sub * ld); /* (mv, hd): q, then the output accumulators */
@@ -225,11 +245,6 @@ static __device__ __forceinline__ void attn_item(float *smem, int item, const T 
     float *vmax = vsum + mv;                          /* (mv) */
     int *vlen = (int *)(vmax + mv);                   /* (mv) keys of the chunk the vector attends to */
 
-    const int t0 = chunk * cl;
-    int maxlen = 0;
-    for (int r = r0; r < r1; r++) maxlen = max(maxlen, positions[r] + 1);
-    const int tend = min(t0 + cl, maxlen);
-    const int32_t *btr = bt + bt_off[r0];
     /* The first K tile is in flight while q is staged. */
     tile_load_async(tile, kc, btr, t0, min(p.sub, tend - t0), kvh, p);
     stage_vectors(qs, hd, vlen, q, p, positions, r0, nv, t0, cl, kvh);
@@ -341,16 +356,14 @@ static __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const bf16 
 }
 
 template <int MT>
-static __device__ __forceinline__ void attn_item_tc(float *smem, int item, const bf16 *q, const bf16 *kc,
+static __device__ __forceinline__ void attn_item_tc(float *smem, const item_desc &d, const bf16 *q, const bf16 *kc,
                                                     const bf16 *vc, const attn_params &p, const int32_t *positions,
-                                                    const int32_t *bt_off, const int32_t *bt, const int32_t *groups,
-                                                    const int32_t *items, const int32_t *part_base, float2 *part_ms,
-                                                    float *part_out) {
+                                                    const int32_t *part_base, float2 *part_ms, float *part_out) {
     constexpr int MAX_DT = 4; /* dim tiles of 8 per warp: head_dim <= 8 x 8 x MAX_DT = 256 */
     const int hd = p.hd, ld = tile_ld<bf16>(hd), qld = hd + 8, mv = p.max_vec;
-    const int kvh = blockIdx.y, gi = items[2 * item], chunk = items[2 * item + 1];
-    const int r0 = groups[3 * gi], r1 = groups[3 * gi + 1], cl = groups[3 * gi + 2];
-    const int nv = (r1 - r0) * p.group;
+    const int kvh = blockIdx.y, chunk = d.chunk, r0 = d.r0, cl = d.cl, t0 = d.t0, tend = d.tend;
+    const int nv = (d.r1 - r0) * p.group;
+    const int32_t *btr = d.btr;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
     bf16 *tile = (bf16 *)smem;                                    /* (p.sub, ld): K, then V keys */
     bf16 *qs = tile + (size_t)p.sub * ld;                         /* (mv, qld): q */
@@ -359,12 +372,7 @@ static __device__ __forceinline__ void attn_item_tc(float *smem, int item, const
     float *vmax = vsum + mv;                                      /* (mv) */
     int *vlen = (int *)(vmax + mv);                               /* (mv) */
 
-    const int t0 = chunk * cl;
-    int maxlen = 0;
-    for (int r = r0; r < r1; r++) maxlen = max(maxlen, positions[r] + 1);
-    const int tend = min(t0 + cl, maxlen);
     const int span16 = (tend - t0 + 15) & ~15; /* the keys the output mma steps cover */
-    const int32_t *btr = bt + bt_off[r0];
     tile_load_async(tile, kc, btr, t0, min(p.sub, tend - t0), kvh, p);
     stage_vectors(qs, qld, vlen, q, p, positions, r0, nv, t0, cl, kvh);
 
@@ -481,12 +489,11 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32)
     extern __shared__ __align__(16) float smem[];
     const int count = *n_items;
     for (int item = blockIdx.x; item < count; item += gridDim.x) {
+        const item_desc d = describe_item(item, items, groups, positions, bt_off, bt);
         if constexpr (TC)
-            attn_item_tc<(MAXV + 15) / 16>(smem, item, q, kc, vc, p, positions, bt_off, bt, groups, items, part_base,
-                                           part_ms, part_out);
+            attn_item_tc<(MAXV + 15) / 16>(smem, d, q, kc, vc, p, positions, part_base, part_ms, part_out);
         else
-            attn_item<T, KV, MAXV>(smem, item, q, kc, vc, p, positions, bt_off, bt, groups, items, part_base,
-                                   part_ms, part_out);
+            attn_item<T, KV, MAXV>(smem, d, q, kc, vc, p, positions, part_base, part_ms, part_out);
         __syncthreads(); /* shared memory is reused by the next item */
     }
 }
