@@ -498,24 +498,31 @@ mg_status mg_cuda_lt_fast_prepare(int N, int K, int out_f32, const void *w) {
     return MG_OK;
 }
 
+/* Appends entry to buf (size > 0, *used bytes so far), after "; " unless
+ * it is entry 0, when all of it fits; else leaves buf as it was and
+ * returns 0. */
+static int append_entry(char *buf, size_t size, size_t *used, int n, const char *entry) {
+    const int w = snprintf(buf + *used, size - *used, "%s%s", n ? "; " : "", entry);
+    if (w < 0 || (size_t)w >= size - *used) {
+        buf[*used] = 0;
+        return 0;
+    }
+    *used += (size_t)w;
+    return 1;
+}
+
 int mg_cuda_lt_fast_describe(char *buf, size_t size) {
     size_t used = 0;
     int n = 0;
-    if (size) buf[0] = 0;
-    for (int i = 0; i < LT.n_fasts; i++) {
+    if (!size) return 0;
+    buf[0] = 0;
+    for (int i = 0; i < LT.n_fasts; i++, n++) {
         const lt_fast *f = &LT.fasts[i];
-        int w = snprintf(buf + used, size - used, "%s%d x %d%s:", n ? "; " : "", f->N, f->K, f->out_f32 ? " f32" : "");
-        for (int bi = 0; bi < FAST_BUCKETS && w >= 0 && (size_t)w < size - used; bi++) {
-            const int more = snprintf(buf + used + w, size - used - w, " %d %.2f", fast_bucket_m[bi], f->gain[bi]);
-            if (more < 0) w = -1;
-            else w += more;
-        }
-        if (w < 0 || (size_t)w >= size - used) {
-            buf[used] = 0;
-            break;
-        }
-        used += (size_t)w;
-        n++;
+        char e[320];
+        int w = snprintf(e, sizeof e, "%d x %d%s:", f->N, f->K, f->out_f32 ? " f32" : "");
+        for (int bi = 0; bi < FAST_BUCKETS && w > 0 && (size_t)w < sizeof e; bi++)
+            w += snprintf(e + w, sizeof e - w, " %d %.2f", fast_bucket_m[bi], f->gain[bi]);
+        if (!append_entry(buf, size, &used, n, e)) break;
     }
     return n;
 }
@@ -639,8 +646,9 @@ mg_status mg_cuda_lt_gemm_pinned(void *out, int out_f32, const void *x, const vo
 int mg_cuda_lt_pins_describe(char *buf, size_t size) {
     size_t used = 0;
     int n = 0;
-    if (size) buf[0] = 0;
-    for (int i = 0; i < LT.n_pins; i++) {
+    if (!size) return 0;
+    buf[0] = 0;
+    for (int i = 0; i < LT.n_pins; i++, n++) {
         const lt_pin *pin = &LT.pins[i];
         uint32_t tile = 0, stages = 0;
         uint16_t cluster = 0;
@@ -651,17 +659,14 @@ int mg_cuda_lt_pins_describe(char *buf, size_t size) {
         cublasLtMatmulAlgoConfigGetAttribute(&pin->algo, CUBLASLT_ALGO_CONFIG_STAGES_ID, &stages, sizeof stages, &wr);
         cublasLtMatmulAlgoConfigGetAttribute(&pin->algo, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, &cluster,
                                              sizeof cluster, &wr);
-        int w;
+        char e[160];
         if (pin->usable)
-            w = snprintf(buf + used, size - used, "%s%d x %d%s: algo %d tile %u stages %u cluster %u (%.2fx, worst %.2fx)",
-                         n ? "; " : "", pin->N, pin->K, pin->out_f32 ? " f32" : "", (int)id, tile, stages,
-                         (unsigned)cluster, pin->mean, pin->worst);
+            snprintf(e, sizeof e, "%d x %d%s: algo %d tile %u stages %u cluster %u (%.2fx, worst %.2fx)", pin->N,
+                     pin->K, pin->out_f32 ? " f32" : "", (int)id, tile, stages, (unsigned)cluster, pin->mean,
+                     pin->worst);
         else
-            w = snprintf(buf + used, size - used, "%s%d x %d%s: own kernels", n ? "; " : "", pin->N, pin->K,
-                         pin->out_f32 ? " f32" : "");
-        if (w < 0 || (size_t)w >= size - used) break;
-        used += (size_t)w;
-        n++;
+            snprintf(e, sizeof e, "%d x %d%s: own kernels", pin->N, pin->K, pin->out_f32 ? " f32" : "");
+        if (!append_entry(buf, size, &used, n, e)) break;
     }
     return n;
 }
