@@ -702,13 +702,13 @@ static mg_status cuda_init(int dev) {
         return mg_error_set(MG_ERR_ARG, "MG_CUDA_ATTN_FILL=%d: use 1..64", mg_cuda.attn_fill);
     const char *fg = getenv("MG_CUDA_FAST_GEMM");
     mg_cuda.fast_gemm_tc = fg && !strcmp(fg, "tc");
-    /* H100, 8B shapes, 2026-11-23: the GEMV kernel beat cuBLASLt at batch 1
-     * (6.00 vs 6.55 ms a step) and 2 (6.22 vs 6.59), lost at 4 (6.81 vs 6.63)
-     * and 8 (8.75 vs 6.82). */
     mg_cuda.fast_tune = env_int("MG_CUDA_FAST_TUNE", 1);
     if (mg_cuda.fast_tune < 0 || mg_cuda.fast_tune > 2)
         return mg_error_set(MG_ERR_ARG, "MG_CUDA_FAST_TUNE=%d: use 0 (the heuristic's picks), 1 (timed, same bits) "
                             "or 2 (timed, any bits)", mg_cuda.fast_tune);
+    /* H100, 8B shapes, 2026-11-23: the GEMV kernel beat cuBLASLt at batch 1
+     * (6.00 vs 6.55 ms a step) and 2 (6.22 vs 6.59), lost at 4 (6.81 vs 6.63)
+     * and 8 (8.75 vs 6.82). */
     mg_cuda.gemv_max_rows = env_int("MG_CUDA_GEMV_MAX", 2);
     if (mg_cuda.gemv_max_rows < 0 || mg_cuda.gemv_max_rows > 8)
         return mg_error_set(MG_ERR_ARG, "MG_CUDA_GEMV_MAX=%d: use 0..8", mg_cuda.gemv_max_rows);

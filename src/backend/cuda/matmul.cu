@@ -237,19 +237,34 @@ static mg_status lt_stacked(int pinned, const mg_matmul_part *parts, int n_parts
 
 typedef enum { PATH_SIMT, PATH_TC, PATH_LT, PATH_LT_PINNED } mm_path;
 
-/* The pinned GEMM's shape for these parts: stacked parts are one GEMM of
- * all their rows (with an FP32 result when any has a bias or out_f32, as
- * lt_stacked and lt_one run them). */
-static mg_status pinned_usable(const mg_matmul_part *parts, int n_parts, int out_f32, int *usable) {
+/* One cuBLASLt GEMM of a matmul: w (N, K), FP32 result when out_f32. */
+typedef struct {
+    int N, K, out_f32;
+    const void *w;
+} lt_shape;
+
+/* The cuBLASLt GEMMs that lt_stacked / lt_one run for these parts: stacked
+ * parts as one GEMM of all their rows (FP32 when any has a bias or out_f32),
+ * else one per part (FP32 with a bias or out_f32). Returns how many. */
+static int lt_shapes(const mg_matmul_part *parts, int n_parts, int out_f32, lt_shape *out) {
     const int K = parts[0].w->cols;
-    if (n_parts > 1 && parts_stacked(parts, n_parts)) {
-        int n_total = 0, acc_f32 = out_f32;
-        for (int p = 0; p < n_parts; p++) n_total += parts[p].w->rows, acc_f32 |= parts[p].bias != NULL;
-        return mg_cuda_lt_pinned_usable(n_total, K, acc_f32, parts[0].w->data, usable);
+    if (parts_stacked(parts, n_parts)) {
+        out[0] = (lt_shape){0, K, out_f32, parts[0].w->data};
+        for (int p = 0; p < n_parts; p++) out[0].N += parts[p].w->rows, out[0].out_f32 |= parts[p].bias != NULL;
+        return 1;
     }
+    for (int p = 0; p < n_parts; p++)
+        out[p] = (lt_shape){parts[p].w->rows, K, out_f32 || parts[p].bias, parts[p].w->data};
+    return n_parts;
+}
+
+/* Whether every GEMM of these parts has a pinned algorithm. */
+static mg_status pinned_usable(const mg_matmul_part *parts, int n_parts, int out_f32, int *usable) {
+    lt_shape sh[MG_TC_MAX_SEGS];
+    const int n = lt_shapes(parts, n_parts, out_f32, sh);
     *usable = 1;
-    for (int p = 0; p < n_parts && *usable; p++)
-        MG_TRY(mg_cuda_lt_pinned_usable(parts[p].w->rows, K, out_f32 || parts[p].bias, parts[p].w->data, usable));
+    for (int i = 0; i < n && *usable; i++)
+        MG_TRY(mg_cuda_lt_pinned_usable(sh[i].N, sh[i].K, sh[i].out_f32, sh[i].w, usable));
     return MG_OK;
 }
 
@@ -307,21 +322,15 @@ static mg_status run_parts(const mg_matmul_part *parts, int n_parts, const void 
     }
 }
 
-/* The FAST path's cuBLASLt shapes for these parts (as run_parts runs them
- * up to LT_STACK_MAX_ROWS rows: stacked parts as one GEMM, FP32 when any
- * has a bias or out_f32; else one per part), each tuned. */
+/* Tunes the FAST path's cuBLASLt GEMMs of these parts (as run_parts runs
+ * them up to LT_STACK_MAX_ROWS rows, where the tuning's buckets end). */
 static mg_status prepare_fast(const mg_matmul_part *parts, int n_parts, int out_f32) {
     mm_path path;
     MG_TRY(choose(parts, n_parts, MG_KERNELS_FAST, 1, out_f32, &path));
     if (path != PATH_LT) return MG_OK;
-    const int K = parts[0].w->cols;
-    if (parts_stacked(parts, n_parts)) {
-        int n_total = 0, acc_f32 = out_f32;
-        for (int p = 0; p < n_parts; p++) n_total += parts[p].w->rows, acc_f32 |= parts[p].bias != NULL;
-        return mg_cuda_lt_fast_prepare(n_total, K, acc_f32, parts[0].w->data);
-    }
-    for (int p = 0; p < n_parts; p++)
-        MG_TRY(mg_cuda_lt_fast_prepare(parts[p].w->rows, K, out_f32 || parts[p].bias, parts[p].w->data));
+    lt_shape sh[MG_TC_MAX_SEGS];
+    const int n = lt_shapes(parts, n_parts, out_f32, sh);
+    for (int i = 0; i < n; i++) MG_TRY(mg_cuda_lt_fast_prepare(sh[i].N, sh[i].K, sh[i].out_f32, sh[i].w));
     return MG_OK;
 }
 
