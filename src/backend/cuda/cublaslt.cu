@@ -113,6 +113,7 @@ void mg_cuda_lt_shutdown(void) {
     }
     LT.n_plans = 0;
     LT.n_pins = 0;
+    LT.n_fasts = 0;
     if (LT.workspace) cudaFree(LT.workspace);
     if (LT.lt) cublasLtDestroy(LT.lt);
     LT.workspace = NULL;
@@ -540,19 +541,17 @@ static mg_status make_plan(lt_plan *p, int M, int N, int K, int out_f32, const l
         p->algo = pin->algo;
         return MG_OK;
     }
-    /* FAST: the tuned algorithm of M's bucket when cuBLASLt takes it at M. */
+    /* FAST: the tuned algorithm of M's bucket (the smallest >= M) when
+     * cuBLASLt takes it at M. */
     const lt_fast *f = fast_find(N, K, out_f32);
-    for (int bi = 0; f && bi < FAST_BUCKETS; bi++) {
-        if (fast_bucket_m[bi] < M) continue;
-        cublasLtMatmulHeuristicResult_t r;
-        if (f->tuned[bi] &&
-            cublasLtMatmulAlgoCheck(LT.lt, p->desc, p->a, p->b, p->d, p->d, &f->algo[bi], &r) ==
-                CUBLAS_STATUS_SUCCESS &&
-            r.workspaceSize <= LT_WORKSPACE) {
-            p->algo = f->algo[bi];
-            return MG_OK;
-        }
-        break;
+    int bi = 0;
+    while (bi < FAST_BUCKETS && fast_bucket_m[bi] < M) bi++;
+    cublasLtMatmulHeuristicResult_t r;
+    if (f && bi < FAST_BUCKETS && f->tuned[bi] &&
+        cublasLtMatmulAlgoCheck(LT.lt, p->desc, p->a, p->b, p->d, p->d, &f->algo[bi], &r) == CUBLAS_STATUS_SUCCESS &&
+        r.workspaceSize <= LT_WORKSPACE) {
+        p->algo = f->algo[bi];
+        return MG_OK;
     }
     cublasLtMatmulHeuristicResult_t result;
     int found = 0;
