@@ -147,17 +147,25 @@ def hf_decode_bench(model, torch, compiled=False, device="cuda"):
     """HF transformers' BF16 decode time per step (greedy) after a 512-token
     prompt: the difference between generating 40 and 8 tokens, over 32
     steps, so the prefill cancels. Eager attention with the dynamic KV
-    cache; compiled: a static KV cache and the forward under torch.compile
-    (mode reduce-overhead: CUDA graphs), each length run once first so that
-    compilation is not timed. A failure is reported, not raised."""
+    cache; compiled: a static KV cache, with which generate compiles the
+    decode forward itself (transformers' auto-compile: torch.compile, mode
+    reduce-overhead, i.e. CUDA graphs; wrapping model.forward in
+    torch.compile by hand failed on the H100 with "accessing tensor output
+    of CUDAGraphs that has been overwritten", run 5 of 2026-11-23), each
+    length run once first so that compilation is not timed. A failure is
+    reported, not raised."""
     import time
     model.to(torch.bfloat16)
     vocab = model.config.vocab_size
     name = "static cache + torch.compile" if compiled else "eager"
-    kw = {"cache_implementation": "static"} if compiled else {}
-    forward = model.forward
+    kw = {}
     if compiled:
-        model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
+        kw["cache_implementation"] = "static"
+        try:
+            from transformers import CompileConfig
+            kw["compile_config"] = CompileConfig(fullgraph=True, mode="reduce-overhead")
+        except ImportError:  # older transformers: auto-compile with its defaults
+            pass
     out = {}
     try:
         for batch in (1, 8):
@@ -176,14 +184,14 @@ def hf_decode_bench(model, torch, compiled=False, device="cuda"):
                 return time.perf_counter() - t0
             for n in ((8, 40) if compiled else (4,)):  # warm-up (and compilation)
                 gen(n)
+            if compiled and not hasattr(model, "_compiled_call"):
+                raise RuntimeError("generate did not compile the forward (transformers' auto-compile criteria)")
             t = (gen(40) - gen(8)) / 32
             out[batch] = t * 1e3
             print(f"hf-bench {name} bf16 batch {batch} ctx 512: TPOT {t * 1e3:.2f} ms ({batch / t:.0f} tok/s)",
                   flush=True)
     except Exception as e:  # torch.compile may not work on this machine's stack
         print(f"hf-bench {name}: failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
-    finally:
-        model.forward = forward
     return out
 
 
