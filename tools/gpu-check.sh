@@ -260,7 +260,8 @@ if [ $BUILT = 1 ] && command -v compute-sanitizer > /dev/null; then
     # and off) never finished under memcheck (runs 4 and 6 timed out with
     # no test reported; run 3, before that test, passed); MG_CUDA_FAST_TUNE=0
     # spares memcheck the timing of every cuBLASLt candidate.
-    MG_TEST_NO_FORK=1 MG_CUDA_FAST_TUNE=0 MG_TEST_QUICK=1 timeout $SAN_T compute-sanitizer --tool memcheck --target-processes all --print-limit 20 \
+    MG_TEST_NO_FORK=1 MG_CUDA_FAST_TUNE=0 MG_TEST_QUICK=1 timeout $SAN_T \
+        compute-sanitizer --tool memcheck --target-processes all --print-limit 20 \
         "$B/tests/test_cuda_ops" --jobs 1 > "$OUT/sanitizer.log" 2>&1
     rc=$?
     errs=$(grep -c 'ERROR SUMMARY:' "$OUT/sanitizer.log")

@@ -279,8 +279,21 @@ static mg_status pin_tune(lt_pin *pin, const pin_weights *wts, void *x, void *ou
     return MG_OK;
 }
 
-/* What a tuning run streams (weight copies) and writes (x, out scratch of
- * max_m rows). */
+/* x (n BF16) = values in [-1, 1) from a hash of the index: an input on
+ * which two kernels of different arithmetic give different bits. */
+__global__ void fill_probe_input(bf16 *x, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        unsigned h = (unsigned)i * 2654435761u;
+        h ^= h >> 13;
+        h *= 0x5bd1e995u;
+        h ^= h >> 15;
+        x[i] = __float2bfloat16_rn((float)(h & 0xffff) / 32768.0f - 1.0f);
+    }
+}
+
+/* What a tuning run streams (weight copies), reads (x: max_m rows of the
+ * hashed input, also what the FAST tuning compares bits on) and writes (out
+ * scratch of max_m rows). */
 typedef struct {
     pin_weights wts;
     void *extra[PIN_MAX_COPIES];
@@ -315,8 +328,10 @@ static mg_status tune_bufs_alloc(tune_bufs *b, int N, int K, int out_f32, const 
         (void)cudaGetLastError();
         return mg_error_set(MG_ERR_OOM, "GEMM %d x %d: no device memory to tune it", N, K);
     }
-    if (cudaMemsetAsync(b->x, 0, (size_t)max_m * K * 2, mg_cuda.stream) != cudaSuccess)
-        return mg_error_set(MG_ERR_BACKEND, "cudaMemsetAsync failed");
+    const size_t n = (size_t)max_m * K;
+    fill_probe_input<<<mg_div_up(n, 256) < 1024 ? mg_div_up(n, 256) : 1024, 256, 0, mg_cuda.stream>>>((bf16 *)b->x,
+                                                                                                      n);
+    MG_CUDA_LAUNCHED("fill_probe_input");
     return MG_OK;
 }
 
@@ -367,18 +382,6 @@ static mg_status pin_get(int N, int K, int out_f32, const void *w, lt_pin **out)
 
 /* ---- tuned heuristic algorithms (FAST) ------------------------------------------ */
 
-/* x (n BF16) = values in [-1, 1) from a hash of the index: an input on
- * which two kernels of different arithmetic give different bits. */
-__global__ void fill_probe_input(bf16 *x, size_t n) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        unsigned h = (unsigned)i * 2654435761u;
-        h ^= h >> 13;
-        h *= 0x5bd1e995u;
-        h ^= h >> 15;
-        x[i] = __float2bfloat16_rn((float)(h & 0xffff) / 32768.0f - 1.0f);
-    }
-}
-
 /* *diff += the 16-bit words (n of them) where a and b differ. */
 __global__ void count_diff_words(const uint16_t *a, const uint16_t *b, size_t n, unsigned *diff) {
     unsigned local = 0;
@@ -420,21 +423,14 @@ static mg_status same_bits(const lt_plan *p, const cublasLtMatmulAlgo_t *algo, c
 static mg_status fast_tune(lt_fast *f, const tune_bufs *b) {
     const int max_m = fast_bucket_m[FAST_BUCKETS - 1];
     const size_t out_bytes = (size_t)max_m * f->N * (f->out_f32 ? 4 : 2);
-    void *x_probe = NULL, *ref = NULL;
+    void *ref = NULL;
     unsigned *diff = NULL;
     cudaEvent_t e0 = NULL, e1 = NULL;
     mg_status st = MG_OK;
-    if (cudaMalloc(&x_probe, (size_t)max_m * f->K * 2) != cudaSuccess || cudaMalloc(&ref, out_bytes) != cudaSuccess ||
-        cudaMalloc((void **)&diff, sizeof *diff) != cudaSuccess || cudaEventCreate(&e0) != cudaSuccess ||
-        cudaEventCreate(&e1) != cudaSuccess) {
+    if (cudaMalloc(&ref, out_bytes) != cudaSuccess || cudaMalloc((void **)&diff, sizeof *diff) != cudaSuccess ||
+        cudaEventCreate(&e0) != cudaSuccess || cudaEventCreate(&e1) != cudaSuccess) {
         (void)cudaGetLastError();
         st = mg_error_set(MG_ERR_OOM, "GEMM %d x %d: no device memory to tune it", f->N, f->K);
-    }
-    if (st == MG_OK) {
-        const size_t n = (size_t)max_m * f->K;
-        fill_probe_input<<<mg_div_up(n, 256) < 1024 ? mg_div_up(n, 256) : 1024, 256, 0, mg_cuda.stream>>>(
-            (bf16 *)x_probe, n);
-        if (cudaGetLastError() != cudaSuccess) st = mg_error_set(MG_ERR_BACKEND, "fill_probe_input failed");
     }
     const float alpha = 1.0f, beta = 0.0f;
     for (int bi = 0; bi < FAST_BUCKETS && st == MG_OK; bi++) {
@@ -444,14 +440,14 @@ static mg_status fast_tune(lt_fast *f, const tune_bufs *b) {
         st = plan_descs(&p, fast_bucket_m[bi], f->N, f->K, f->out_f32, 0);
         if (st == MG_OK) st = heuristic(&p, FAST_CANDS, res, &found);
         if (st == MG_OK && found > 0 &&
-            cublasLtMatmul(LT.lt, p.desc, &alpha, b->wts.copies[0], p.a, x_probe, p.b, &beta, ref, p.d, ref, p.d,
+            cublasLtMatmul(LT.lt, p.desc, &alpha, b->wts.copies[0], p.a, b->x, p.b, &beta, ref, p.d, ref, p.d,
                            &res[0].algo, LT.workspace, LT_WORKSPACE, mg_cuda.stream) != CUBLAS_STATUS_SUCCESS)
             st = mg_error_set(MG_ERR_BACKEND, "GEMM %d x %d: the heuristic's pick does not run", f->N, f->K);
         float first = 0.0f, best = 1e30f;
         for (int c = 0; c < found && st == MG_OK; c++) {
             int same = 1;
             if (c > 0 && mg_cuda.fast_tune != 2)
-                st = same_bits(&p, &res[c].algo, b->wts.copies[0], x_probe, b->out, ref, diff, &same);
+                st = same_bits(&p, &res[c].algo, b->wts.copies[0], b->x, b->out, ref, diff, &same);
             if (st != MG_OK || !same) continue;
             float t = 0.0f;
             st = time_algo(&p, &res[c].algo, &b->wts, b->x, b->out, e0, e1, &t);
@@ -464,7 +460,6 @@ static mg_status fast_tune(lt_fast *f, const tune_bufs *b) {
     }
     if (e0) cudaEventDestroy(e0);
     if (e1) cudaEventDestroy(e1);
-    cudaFree(x_probe);
     cudaFree(ref);
     cudaFree(diff);
     return st;
