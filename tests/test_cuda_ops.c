@@ -800,8 +800,8 @@ typedef struct {
  * tables are shuffled block ids (valid in both pools). With fill, the
  * caches hold the same random (BF16-representable) K/V values. */
 static void make_cache(const mg_backend_ops *g, test_cache *c, int layers, int kvh, int hd, int n_seqs, int max_len,
-                       mg_dtype gpu_dtype, int fill) {
-    const int bs = 16, per_seq = (max_len + bs - 1) / bs, n_blocks = n_seqs * per_seq + 3;
+                       mg_dtype gpu_dtype, int fill, int bs) {
+    const int per_seq = (max_len + bs - 1) / bs, n_blocks = n_seqs * per_seq + 3;
     cr_assert_eq(mg_kv_pool_init(&c->cpu, layers, kvh, hd, bs, n_blocks), MG_OK, "%s", mg_error_last());
     cr_assert_eq(mg_kv_pool_init_on(&c->gpu, g, gpu_dtype, layers, kvh, hd, bs, n_blocks), MG_OK, "%s",
                  mg_error_last());
@@ -859,7 +859,7 @@ Test(cuda_ops, rope_kv_store) {
             mg_rope_inv_freq(&cfg, inv_freq);
             float *ifd = dev_copy(g, inv_freq, sizeof(float) * hd / 2);
             test_cache c;
-            make_cache(g, &c, layers, kvh, hd, 3, 5000, kvdt ? MG_DTYPE_BF16 : MG_DTYPE_F32, 0);
+            make_cache(g, &c, layers, kvh, hd, 3, 5000, kvdt ? MG_DTYPE_BF16 : MG_DTYPE_F32, 0, 16);
             int32_t pos[11];
             mg_kv_seq *seqs[11];
             for (int i = 0; i < n; i++) { /* distinct positions within each sequence, one near the end */
@@ -906,10 +906,11 @@ static float *gpu_attention(const mg_backend_ops *g, test_cache *c, const float 
     return act_out(g, od, qn, rb);
 }
 
-static void attention_case(const mg_backend_ops *g, int n_heads, int kvh, int hd, int rb, mg_dtype kv_dt) {
+static void attention_case_bs(const mg_backend_ops *g, int n_heads, int kvh, int hd, int rb, mg_dtype kv_dt,
+                              int block_size) {
     const int layers = 2, layer = 1;
     test_cache c;
-    make_cache(g, &c, layers, kvh, hd, 6, 1600, kv_dt, 1);
+    make_cache(g, &c, layers, kvh, hd, 6, 1600, kv_dt, 1, block_size);
     /* Rows: decode rows of sequences 0..4 at lengths 1, 17, 256, 257, 1500,
      * then a prefill chunk of sequence 5 at positions 240..276. */
     int32_t pos[64];
@@ -926,8 +927,8 @@ static void attention_case(const mg_backend_ops *g, int n_heads, int kvh, int hd
         float *ref = malloc((size_t)n * row_len * sizeof(float));
         cr_assert_eq(cpu_b()->attention(ref, q, &c.cpu, layer, &rows, n_heads, (mg_kernels)kern, rb), MG_OK);
         float *got = gpu_attention(g, &c, q, &rows, n_heads, layer, (mg_kernels)kern, rb);
-        snprintf(what, sizeof what, "attention heads %d/%d hd %d rb %d kv %s %s", n_heads, kvh, hd, rb,
-                 kv_dt == MG_DTYPE_BF16 ? "bf16" : "f32", kern ? "invariant" : "fast");
+        snprintf(what, sizeof what, "attention heads %d/%d hd %d rb %d kv %s block %d %s", n_heads, kvh, hd, rb,
+                 kv_dt == MG_DTYPE_BF16 ? "bf16" : "f32", block_size, kern ? "invariant" : "fast");
         expect_close(what, got, ref, (size_t)n * row_len, rb, 3, 2e-5, 2e-5);
         if (kern == MG_KERNELS_INVARIANT) {
             /* Each row alone gives the same bits as inside the batch. */
@@ -949,6 +950,11 @@ static void attention_case(const mg_backend_ops *g, int n_heads, int kvh, int hd
     check_guards_and_free(g);
 }
 
+/* The engine's KV block size (16 tokens). */
+static void attention_case(const mg_backend_ops *g, int n_heads, int kvh, int hd, int rb, mg_dtype kv_dt) {
+    attention_case_bs(g, n_heads, kvh, hd, rb, kv_dt, 16);
+}
+
 Test(cuda_ops, attention_vs_cpu_and_invariant) {
     const mg_backend_ops *g = gpu_or_skip();
     rng_seed(9);
@@ -958,6 +964,19 @@ Test(cuda_ops, attention_vs_cpu_and_invariant) {
     attention_case(g, 32, 8, 128, 1, MG_DTYPE_BF16); /* Llama-3.1-8B */
     attention_case(g, 8, 2, 64, 0, MG_DTYPE_F32);   /* --fp32 */
     attention_case(g, 8, 4, 8, 0, MG_DTYPE_F32);    /* stories260K: head_dim 8 */
+}
+
+/* Other KV block sizes: one token a block (a chunk spans 256 pages), one
+ * that is not a power of two (pages cut chunks anywhere), one larger than
+ * a chunk (several chunks in one page). */
+Test(cuda_ops, attention_block_sizes) {
+    const mg_backend_ops *g = gpu_or_skip();
+    rng_seed(11);
+    const int sizes[] = {1, 5, 48, 512};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        attention_case_bs(g, 8, 2, 64, 1, MG_DTYPE_BF16, sizes[i]);
+        attention_case_bs(g, 8, 2, 64, 0, MG_DTYPE_F32, sizes[i]);
+    }
 }
 
 /* K/V staged in tiles of 64 keys instead of whole chunks: the same

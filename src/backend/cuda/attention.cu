@@ -25,6 +25,7 @@
  * attn_merge_kernel: one warp per (row, head): the partials weighted by
  * s_c exp(m_c - max), summed in chunk order (the CPU merges left to right
  * with a running max: the same value up to rounding). */
+#include <limits.h>
 #include <math.h>
 
 #include <type_traits>
@@ -47,6 +48,7 @@ typedef struct {
     int bs_shift; /* log2(block_size) when a power of two, else -1 */
     int max_vec; /* rows of the pass's largest query group x group */
     int sub;     /* keys per K/V tile in shared memory (a multiple of ATTN_TILE) */
+    int pages_cap; /* entries of an item's page table: the most pages a chunk spans */
     float scale;
 } attn_params;
 
@@ -56,6 +58,10 @@ typedef struct {
 template <typename KV> static __host__ __device__ __forceinline__ int tile_ld(int hd) {
     return hd + 16 / (int)sizeof(KV);
 }
+
+/* Floats of shared memory an item's page table of `cap` entries takes,
+ * rounded up to 16 bytes (the tiles after it are 16-byte aligned). */
+static __host__ __device__ __forceinline__ size_t pages_floats(int cap) { return ((size_t)cap * 2 + 3) & ~(size_t)3; }
 
 static __device__ __forceinline__ float2 load_pair(const bf16 *p) {
     return __bfloat1622float2(*(const __nv_bfloat162 *)p);
@@ -67,46 +73,49 @@ static __device__ __forceinline__ void cp_async16(void *smem, const void *gmem) 
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
 }
 
-/* Starts the copy of keys [tb, tb + nt) of KV head kvh into tile (nt, ld)
- * (raw cache values, no conversion); cp.async, committed as one group. */
+/* Block-table page of a position, and its slot in the page. */
+static __device__ __forceinline__ int page_of(int key, const attn_params &p) {
+    return p.bs_shift >= 0 ? key >> p.bs_shift : key / p.block_size;
+}
+static __device__ __forceinline__ int slot_of(int key, const attn_params &p) {
+    return p.bs_shift >= 0 ? key & (p.block_size - 1) : key % p.block_size;
+}
+
+/* An item's page table: pages[i] = element offset, in the K (or V) cache,
+ * of KV head kvh at slot 0 of the page page0 + i of the sequence (page0 =
+ * page_of(t0)), for the pages of the chunk [t0, tend); then a barrier. The
+ * tile loads of the item's K and V read it instead of the block table (one
+ * lookup per page instead of one per key, thread and tile). */
+static __device__ __forceinline__ void stage_pages(long long *pages, const int32_t *btr, int t0, int tend, int kvh,
+                                                   const attn_params &p) {
+    const int page0 = page_of(t0, p), n_pages = page_of(tend - 1, p) - page0 + 1;
+    const size_t kvd = (size_t)p.n_kv_heads * p.hd, layer_row = (size_t)p.layer * p.n_blocks;
+    for (int i = threadIdx.x; i < n_pages; i += blockDim.x)
+        pages[i] = (long long)(((layer_row + btr[page0 + i]) * p.block_size) * kvd + (size_t)kvh * p.hd);
+    __syncthreads();
+}
+
+/* Starts the copy of keys [tb, tb + nt) of the item's KV head into tile
+ * (nt, ld) (raw cache values, no conversion); cp.async, committed as one
+ * group. pages, page0: the item's page table (stage_pages). */
 template <typename KV>
-static __device__ __forceinline__ void tile_load_async(KV *tile, const KV *cache, const int32_t *btr, int tb, int nt,
-                                                       int kvh, const attn_params &p) {
+static __device__ __forceinline__ void tile_load_async(KV *tile, const KV *cache, const long long *pages, int page0,
+                                                       int tb, int nt, const attn_params &p) {
     constexpr int E = 16 / sizeof(KV);
     const int hd = p.hd, ld = tile_ld<KV>(hd), per_key = hd / E;
     const size_t kvd = (size_t)p.n_kv_heads * hd;
-    const KV *head = cache + (size_t)kvh * hd;
     if (blockDim.x % per_key == 0) {
-        /* A thread keeps its 16 bytes of the row and steps over keys: one
-         * block-table lookup per key (shifts for a power-of-two block size),
-         * LOOKAHEAD of them read before their copies start, so that the
-         * lookups' latencies overlap instead of preceding one copy each. */
-        constexpr int LOOKAHEAD = 8;
-        const int d = (threadIdx.x % per_key) * E, keys_per_step = blockDim.x / per_key;
-        const size_t layer_row = (size_t)p.layer * p.n_blocks;
-        for (int j0 = threadIdx.x / per_key; j0 < nt; j0 += LOOKAHEAD * keys_per_step) {
-            int32_t block[LOOKAHEAD];
-#pragma unroll
-            for (int u = 0; u < LOOKAHEAD; u++) {
-                const int key = tb + j0 + u * keys_per_step;
-                block[u] = j0 + u * keys_per_step < nt ? btr[p.bs_shift >= 0 ? key >> p.bs_shift : key / p.block_size]
-                                                       : 0;
-            }
-#pragma unroll
-            for (int u = 0; u < LOOKAHEAD; u++) {
-                const int j = j0 + u * keys_per_step, key = tb + j;
-                if (j >= nt) break;
-                const int off = p.bs_shift >= 0 ? key & (p.block_size - 1) : key % p.block_size;
-                const size_t row = (layer_row + block[u]) * p.block_size + off;
-                cp_async16(tile + j * ld + d, head + row * kvd + d);
-            }
+        /* A thread keeps its 16 bytes of the row and steps over keys. */
+        const int d = (threadIdx.x % per_key) * E, step = blockDim.x / per_key;
+#pragma unroll 4
+        for (int j = threadIdx.x / per_key; j < nt; j += step) {
+            const int key = tb + j;
+            cp_async16(tile + j * ld + d, cache + pages[page_of(key, p) - page0] + (size_t)slot_of(key, p) * kvd + d);
         }
     } else {
         for (int idx = threadIdx.x; idx < nt * per_key; idx += blockDim.x) {
             const int j = idx / per_key, d = (idx % per_key) * E, key = tb + j;
-            const size_t row = ((size_t)p.layer * p.n_blocks + btr[key / p.block_size]) * p.block_size +
-                               key % p.block_size;
-            cp_async16(tile + j * ld + d, head + row * kvd + d);
+            cp_async16(tile + j * ld + d, cache + pages[page_of(key, p) - page0] + (size_t)slot_of(key, p) * kvd + d);
         }
     }
     asm volatile("cp.async.commit_group;\n" ::);
@@ -118,21 +127,41 @@ static __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.as
  * An item's vectors: v = (row r0 + v / group, query head kvh * group +
  * v % group), nv of them. */
 
+/* Where vector v's partial of this chunk goes: index into part_ms (and, times
+ * hd, into part_out). Below INT_MAX (mg_cuda_attention checks the capacity). */
+static __device__ __forceinline__ int partial_index(const attn_params &p, const int32_t *part_base, int r0, int v,
+                                                    int chunk, int kvh) {
+    const int row = r0 + v / p.group, qh = kvh * p.group + v % p.group;
+    return (part_base[row] + chunk) * p.n_heads + qh;
+}
+
 /* vlen[v] = keys of the chunk [t0, t0 + cl) vector v attends to (<= 0: none);
- * qs (nv, qld) = the vectors' q, stored as QS. */
+ * vpart[v] = its partial_index; qs (nv, qld) = the vectors' q, stored as QS
+ * (BF16 to BF16: 16-byte copies). */
 template <typename QS, typename T>
-static __device__ __forceinline__ void stage_vectors(QS *qs, int qld, int *vlen, const T *q, const attn_params &p,
-                                                     const int32_t *positions, int r0, int nv, int t0, int cl,
-                                                     int kvh) {
+static __device__ __forceinline__ void stage_vectors(QS *qs, int qld, int *vlen, int *vpart, const T *q,
+                                                     const attn_params &p, const int32_t *positions,
+                                                     const int32_t *part_base, int r0, int nv, int t0, int cl,
+                                                     int chunk, int kvh) {
     const int hd = p.hd;
     for (int v = threadIdx.x; v < nv; v += blockDim.x) {
         const int len = positions[r0 + v / p.group] + 1;
         vlen[v] = min(t0 + cl, len) - t0;
+        vpart[v] = partial_index(p, part_base, r0, v, chunk, kvh);
     }
-    for (int idx = threadIdx.x; idx < nv * hd; idx += blockDim.x) {
-        const int v = idx / hd, d = idx % hd;
-        const int row = r0 + v / p.group, qh = kvh * p.group + v % p.group;
-        qs[(size_t)v * qld + d] = from_f<QS>(to_f(q[((size_t)row * p.n_heads + qh) * hd + d]));
+    if constexpr (std::is_same<QS, bf16>::value && std::is_same<T, bf16>::value) {
+        const int per_vec = hd / 8; /* 16-byte pieces of a vector (hd % 8 == 0; rows 16-byte aligned) */
+        for (int idx = threadIdx.x; idx < nv * per_vec; idx += blockDim.x) {
+            const int v = idx / per_vec, d = (idx % per_vec) * 8;
+            const int row = r0 + v / p.group, qh = kvh * p.group + v % p.group;
+            *(uint4 *)(qs + (size_t)v * qld + d) = *(const uint4 *)(q + ((size_t)row * p.n_heads + qh) * hd + d);
+        }
+    } else {
+        for (int idx = threadIdx.x; idx < nv * hd; idx += blockDim.x) {
+            const int v = idx / hd, d = idx % hd;
+            const int row = r0 + v / p.group, qh = kvh * p.group + v % p.group;
+            qs[(size_t)v * qld + d] = from_f<QS>(to_f(q[((size_t)row * p.n_heads + qh) * hd + d]));
+        }
     }
 }
 
@@ -188,20 +217,11 @@ static __device__ __forceinline__ void chunk_softmax(float *sc, float *vmax, flo
     }
 }
 
-/* Where vector v's partial of this chunk goes: index into part_ms (and, times
- * hd, into part_out). */
-static __device__ __forceinline__ size_t partial_index(const attn_params &p, const int32_t *part_base, int r0,
-                                                       int v, int chunk, int kvh) {
-    const int row = r0 + v / p.group, qh = kvh * p.group + v % p.group;
-    return ((size_t)part_base[row] + chunk) * p.n_heads + qh;
-}
-
 /* (max, sum) of each vector that has keys in this chunk. */
 static __device__ __forceinline__ void store_ms(float2 *part_ms, const float *vmax, const float *vsum,
-                                                const int *vlen, const attn_params &p, const int32_t *part_base,
-                                                int r0, int nv, int chunk, int kvh) {
+                                                const int *vlen, const int *vpart, int nv) {
     for (int v = threadIdx.x; v < nv; v += blockDim.x)
-        if (vlen[v] > 0) part_ms[partial_index(p, part_base, r0, v, chunk, kvh)] = make_float2(vmax[v], vsum[v]);
+        if (vlen[v] > 0) part_ms[vpart[v]] = make_float2(vmax[v], vsum[v]);
 }
 
 /* An item's keys: rows [r0, r1) of one sequence, its chunk [t0, tend) of
@@ -238,22 +258,26 @@ static __device__ __forceinline__ void attn_item(float *smem, const item_desc &d
     const int nv = (d.r1 - r0) * p.group;
     const int32_t *btr = d.btr;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    KV *tile = (KV *)smem;                            /* (p.sub, ld): K, then V keys */
-    float *qs = (float *)(tile + (size_t)p.sub * ld); /* (mv, hd): q, then the output accumulators */
-    float *sc = qs + (size_t)mv * hd;                 /* (mv, SC_LD): scores, then weights a_t */
-    float *vsum = sc + (size_t)mv * SC_LD;            /* (mv) */
-    float *vmax = vsum + mv;                          /* (mv) */
-    int *vlen = (int *)(vmax + mv);                   /* (mv) keys of the chunk the vector attends to */
+    long long *pages = (long long *)smem;                     /* (p.pages_cap): stage_pages */
+    KV *tile = (KV *)(smem + pages_floats(p.pages_cap));      /* (p.sub, ld): K, then V keys */
+    float *qs = (float *)(tile + (size_t)p.sub * ld);         /* (mv, hd): q, then the output accumulators */
+    float *sc = qs + (size_t)mv * hd;                         /* (mv, SC_LD): scores, then weights a_t */
+    float *vsum = sc + (size_t)mv * SC_LD;                    /* (mv) */
+    float *vmax = vsum + mv;                                  /* (mv) */
+    int *vlen = (int *)(vmax + mv);                           /* (mv) keys of the chunk the vector attends to */
+    int *vpart = vlen + mv;                                   /* (mv) partial_index of the vector */
+    const int page0 = page_of(t0, p);
 
     /* The first K tile is in flight while q is staged. */
-    tile_load_async(tile, kc, btr, t0, min(p.sub, tend - t0), kvh, p);
-    stage_vectors(qs, hd, vlen, q, p, positions, r0, nv, t0, cl, kvh);
+    stage_pages(pages, btr, t0, tend, kvh, p);
+    tile_load_async(tile, kc, pages, page0, t0, min(p.sub, tend - t0), p);
+    stage_vectors(qs, hd, vlen, vpart, q, p, positions, part_base, r0, nv, t0, cl, chunk, kvh);
 
     /* Scores: lane l of a warp takes one key, a sequential FMA chain over
      * head_dim for each vector (the tile row is read once for all). */
     for (int tb = t0; tb < tend; tb += p.sub) {
         const int nt = min(p.sub, tend - tb);
-        if (tb != t0) tile_load_async(tile, kc, btr, tb, nt, kvh, p);
+        if (tb != t0) tile_load_async(tile, kc, pages, page0, tb, nt, p);
         cp_async_wait_all();
         __syncthreads();
         for (int kt = warp * ATTN_TILE; kt < nt; kt += ATTN_WARPS * ATTN_TILE) {
@@ -282,7 +306,7 @@ static __device__ __forceinline__ void attn_item(float *smem, const item_desc &d
         __syncthreads();
     }
     /* The first V tile loads while the softmax runs. */
-    tile_load_async(tile, vc, btr, t0, min(p.sub, tend - t0), kvh, p);
+    tile_load_async(tile, vc, pages, page0, t0, min(p.sub, tend - t0), p);
 
     chunk_softmax(sc, vmax, vsum, vlen, nv, 0, false);
     for (int idx = threadIdx.x; idx < nv * hd; idx += blockDim.x) qs[idx] = 0.0f;
@@ -292,7 +316,7 @@ static __device__ __forceinline__ void attn_item(float *smem, const item_desc &d
     const int half = hd / 2;
     for (int tb = t0; tb < tend; tb += p.sub) {
         const int nt = min(p.sub, tend - tb);
-        if (tb != t0) tile_load_async(tile, vc, btr, tb, nt, kvh, p);
+        if (tb != t0) tile_load_async(tile, vc, pages, page0, tb, nt, p);
         cp_async_wait_all();
         __syncthreads();
         for (int task = threadIdx.x; task < nv * half; task += blockDim.x) {
@@ -316,9 +340,9 @@ static __device__ __forceinline__ void attn_item(float *smem, const item_desc &d
     /* Partials of the rows that have this chunk. */
     for (int idx = threadIdx.x; idx < nv * hd; idx += blockDim.x) {
         const int v = idx / hd, d = idx % hd;
-        if (vlen[v] > 0) part_out[partial_index(p, part_base, r0, v, chunk, kvh) * hd + d] = qs[idx];
+        if (vlen[v] > 0) part_out[(size_t)vpart[v] * hd + d] = qs[idx];
     }
-    store_ms(part_ms, vmax, vsum, vlen, p, part_base, r0, nv, chunk, kvh);
+    store_ms(part_ms, vmax, vsum, vlen, vpart, nv);
 }
 
 /* ---- tensor-core item (BF16 q and cache, head_dim % 32 == 0) -------------------
@@ -365,21 +389,25 @@ static __device__ __forceinline__ void attn_item_tc(float *smem, const item_desc
     const int nv = (d.r1 - r0) * p.group;
     const int32_t *btr = d.btr;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
-    bf16 *tile = (bf16 *)smem;                                    /* (p.sub, ld): K, then V keys */
-    bf16 *qs = tile + (size_t)p.sub * ld;                         /* (mv, qld): q */
-    float *sc = (float *)(qs + (size_t)mv * qld);                 /* (mv, SC_LD): scores, then a_t as hi/lo */
-    float *vsum = sc + (size_t)mv * SC_LD;                        /* (mv) */
-    float *vmax = vsum + mv;                                      /* (mv) */
-    int *vlen = (int *)(vmax + mv);                               /* (mv) */
+    long long *pages = (long long *)smem;                     /* (p.pages_cap): stage_pages */
+    bf16 *tile = (bf16 *)(smem + pages_floats(p.pages_cap));  /* (p.sub, ld): K, then V keys */
+    bf16 *qs = tile + (size_t)p.sub * ld;                     /* (mv, qld): q */
+    float *sc = (float *)(qs + (size_t)mv * qld);             /* (mv, SC_LD): scores, then a_t as hi/lo */
+    float *vsum = sc + (size_t)mv * SC_LD;                    /* (mv) */
+    float *vmax = vsum + mv;                                  /* (mv) */
+    int *vlen = (int *)(vmax + mv);                           /* (mv) */
+    int *vpart = vlen + mv;                                   /* (mv) */
+    const int page0 = page_of(t0, p);
 
     const int span16 = (tend - t0 + 15) & ~15; /* the keys the output mma steps cover */
-    tile_load_async(tile, kc, btr, t0, min(p.sub, tend - t0), kvh, p);
-    stage_vectors(qs, qld, vlen, q, p, positions, r0, nv, t0, cl, kvh);
+    stage_pages(pages, btr, t0, tend, kvh, p);
+    tile_load_async(tile, kc, pages, page0, t0, min(p.sub, tend - t0), p);
+    stage_vectors(qs, qld, vlen, vpart, q, p, positions, part_base, r0, nv, t0, cl, chunk, kvh);
 
     /* Scores, one 8-key n-tile per warp at a time. */
     for (int tb = t0; tb < tend; tb += p.sub) {
         const int nt = min(p.sub, tend - tb);
-        if (tb != t0) tile_load_async(tile, kc, btr, tb, nt, kvh, p);
+        if (tb != t0) tile_load_async(tile, kc, pages, page0, tb, nt, p);
         cp_async_wait_all();
         __syncthreads();
         for (int n0 = warp * 8; n0 < nt; n0 += ATTN_WARPS * 8) {
@@ -408,7 +436,7 @@ static __device__ __forceinline__ void attn_item_tc(float *smem, const item_desc
         }
         __syncthreads();
     }
-    tile_load_async(tile, vc, btr, t0, min(p.sub, tend - t0), kvh, p);
+    tile_load_async(tile, vc, pages, page0, t0, min(p.sub, tend - t0), p);
 
     /* Softmax over the chunk; weights past a vector's keys (up to the
      * 16-key step) are zero. */
@@ -431,7 +459,7 @@ static __device__ __forceinline__ void attn_item_tc(float *smem, const item_desc
         for (int i = 0; i < MAX_DT; i++) acc[m][i][0] = acc[m][i][1] = acc[m][i][2] = acc[m][i][3] = 0.0f;
     for (int tb = t0; tb < tend; tb += p.sub) {
         const int nt = min(p.sub, tend - tb), nt16 = (nt + 15) & ~15;
-        if (tb != t0) tile_load_async(tile, vc, btr, tb, nt, kvh, p);
+        if (tb != t0) tile_load_async(tile, vc, pages, page0, tb, nt, p);
         cp_async_wait_all();
         /* Rows past the loaded keys take weight 0; make them finite (0). */
         for (int idx = threadIdx.x; idx < (nt16 - nt) * hd; idx += blockDim.x)
@@ -472,10 +500,10 @@ static __device__ __forceinline__ void attn_item_tc(float *smem, const item_desc
             for (int e = 0; e < 4; e++) {
                 const int v = m * 16 + g + (e >= 2 ? 8 : 0), d = d0 + 2 * t4 + (e & 1);
                 if (v < nv && vlen[v] > 0)
-                    part_out[partial_index(p, part_base, r0, v, chunk, kvh) * hd + d] = acc[m][i][e];
+                    part_out[(size_t)vpart[v] * hd + d] = acc[m][i][e];
             }
         }
-    store_ms(part_ms, vmax, vsum, vlen, p, part_base, r0, nv, chunk, kvh);
+    store_ms(part_ms, vmax, vsum, vlen, vpart, nv);
 }
 
 /* Blocks (x: a fixed count, y: KV heads) loop over the items, whose count
@@ -542,10 +570,11 @@ __global__ void attn_merge_kernel(T *out, const float2 *part_ms, const float *pa
     }
 }
 
-/* Shared memory of a block with K/V tiles of `sub` keys. */
-template <typename KV> static size_t smem_bytes(int max_vec, int hd, int sub) {
-    return (size_t)sub * tile_ld<KV>(hd) * sizeof(KV) +
-           ((size_t)max_vec * hd + (size_t)max_vec * SC_LD + 3 * (size_t)max_vec) * sizeof(float);
+/* Shared memory of a block with K/V tiles of `sub` keys (the CUDA-core
+ * item's layout; the tensor-core one stores q in BF16, within it). */
+template <typename KV> static size_t smem_bytes(int max_vec, int hd, int sub, int pages_cap) {
+    return pages_floats(pages_cap) * sizeof(float) + (size_t)sub * tile_ld<KV>(hd) * sizeof(KV) +
+           ((size_t)max_vec * hd + (size_t)max_vec * SC_LD + 4 * (size_t)max_vec) * sizeof(float);
 }
 
 template <typename T, typename KV, int MAXV, bool TC>
@@ -558,8 +587,9 @@ static mg_status launch_partial(const void *q, const mg_kv_pool *pool, const mg_
      * of ATTN_TILE keys that does (same bits: tiles only stage loads). */
     const int want = mg_cuda.attn_tile_keys / ATTN_TILE * ATTN_TILE;
     p.sub = want > 0 && want < MG_ATTN_CHUNK ? want : MG_ATTN_CHUNK;
-    while (p.sub > ATTN_TILE && smem_bytes<KV>(p.max_vec, p.hd, p.sub) > mg_cuda.smem_optin) p.sub -= ATTN_TILE;
-    const size_t smem = smem_bytes<KV>(p.max_vec, p.hd, p.sub);
+    while (p.sub > ATTN_TILE && smem_bytes<KV>(p.max_vec, p.hd, p.sub, p.pages_cap) > mg_cuda.smem_optin)
+        p.sub -= ATTN_TILE;
+    const size_t smem = smem_bytes<KV>(p.max_vec, p.hd, p.sub, p.pages_cap);
     if (smem > mg_cuda.smem_optin)
         return mg_error_set(MG_ERR_UNSUPPORTED, "attention needs %zu bytes of shared memory (GQA group %d)", smem,
                             p.group);
@@ -646,11 +676,14 @@ mg_status mg_cuda_attention(void *out, const void *q, const mg_kv_pool *pool, in
                             p.group, 32 / MG_ATTN_QG);
     p.max_vec = w->group_rows * p.group; /* a decode step has 1 row per group */
     p.sub = MG_ATTN_CHUNK;
+    p.pages_cap = MG_ATTN_CHUNK / pool->block_size + 2; /* a range of <= MG_ATTN_CHUNK keys spans at most this */
     p.scale = 1.0f / sqrtf((float)hd);
     /* Partials: (m, s) pairs first (8-byte aligned), then the outputs. */
     /* Sized for the layout's capacity, not this pass's partials, so that a
      * replayed graph never outgrows it. */
     const size_t n_ms = (size_t)r->parts_cap * n_heads;
+    if (n_ms > INT_MAX) return mg_error_set(MG_ERR_UNSUPPORTED, "attention: %zu partials (at most INT_MAX)", n_ms);
+    if (((uintptr_t)q & 15) != 0) return mg_error_set(MG_ERR_ARG, "attention: q is not 16-byte aligned");
     void *scratch;
     MG_TRY(mg_cuda_scratch(MG_SCRATCH_ATTN, n_ms * sizeof(float2) + n_ms * hd * sizeof(float), &scratch));
     float2 *ms = (float2 *)scratch;
