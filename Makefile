@@ -77,7 +77,7 @@ $(BUILD)/lt_pin_probe: tools/lt_pin_probe.cu tools/lt_probe_util.cuh
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -o $@ $< -lcublasLt
 
-$(BUILD)/mma_gemv_probe: tools/mma_gemv_probe.cu tools/lt_probe_util.cuh
+$(BUILD)/mma_gemv_probe: tools/mma_gemv_probe.cu tools/lt_probe_util.cuh src/backend/cuda/cuda_common.cuh
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -o $@ $< -lcublasLt
 

@@ -31,19 +31,11 @@
 
 #include <vector>
 
+#include "backend/cuda/cuda_common.cuh" /* bf16, mma16816: the kernels' own tensor-core step */
 #include "lt_probe_util.cuh"
 
-typedef __nv_bfloat16 bf16;
 static const int M = 8;
 static const size_t WS = 32u << 20;
-
-static __device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                                uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
 
 /* Two consecutive BF16 at p (p + 1 the higher half), 0 when !ok. */
 static __device__ __forceinline__ uint32_t pair(const bf16 *p, bool ok) { return ok ? *(const uint32_t *)p : 0u; }

@@ -45,9 +45,9 @@
 typedef struct {
     int n_heads, n_kv_heads, hd, group; /* group = n_heads / n_kv_heads */
     int layer, block_size, n_blocks;
-    int bs_shift; /* log2(block_size) when a power of two, else -1 */
-    int max_vec; /* rows of the pass's largest query group x group */
-    int sub;     /* keys per K/V tile in shared memory (a multiple of ATTN_TILE) */
+    int bs_shift;  /* log2(block_size) when a power of two, else -1 */
+    int max_vec;   /* rows of the pass's largest query group x group */
+    int sub;       /* keys per K/V tile in shared memory (a multiple of ATTN_TILE) */
     int pages_cap; /* entries of an item's page table: the most pages a chunk spans */
     float scale;
 } attn_params;

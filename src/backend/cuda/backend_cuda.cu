@@ -353,9 +353,9 @@ static void cuda_weights_release(const mg_model *model) {
 
 /* Fast-path chunk length of a row with `len` positions in a pass of
  * `n_rows` rows: the power of two (32..MG_ATTN_CHUNK) nearest above len /
- * target, target = the chunks per row that fill the GPU MG_CUDA_ATTN_FILL (2) times over
- * (flash-decoding style: the order depends on the batch size, as production
- * kernels do). It depends on the row's own length and the pass's row count
+ * target, target = the chunks per row that fill the GPU MG_CUDA_ATTN_FILL
+ * (2) times over (flash-decoding style: the order depends on the batch
+ * size, as production kernels do). It depends on the row's own length and the pass's row count
  * only, and rows_prepare never groups rows of different lengths, so a row
  * gets the same chunks (multiples of the length, from position 0) whatever
  * its group-mates: a pass of a given shape computes each row the same way
